@@ -25,6 +25,7 @@ export const ERROR_STATUS = {
   ERR_KEYRING_UNTRUSTED: 422,
   ERR_KEYRING_EXPIRED: 422,
   ERR_KEYRING_ROLLBACK: 422,
+  ERR_KEYRING_INVALID: 422,
   ERR_BAD_VERSION: 400,
   // Payload format
   ERR_PAYLOAD_MAGIC: 422,
@@ -48,6 +49,13 @@ export const ERROR_STATUS = {
   ERR_ABORTED: 499,
   ERR_IO: 500,
   ERR_ENCODER: 500,
+  // Boot control (agent/boot-control): the message starts with the backend's name
+  ERR_BOOTENV_MISSING: 500,
+  ERR_BOOTENV_CORRUPT: 500,
+  ERR_BOOTENV_TOO_LARGE: 500,
+  ERR_BOOTENV_INVALID: 400,
+  ERR_BOOTENV_IO: 500,
+  ERR_BOOTENV_CONFIG: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

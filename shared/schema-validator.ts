@@ -6,7 +6,7 @@
 import { Ajv, type AnySchema, type ErrorObject, type ValidateFunction } from 'ajv';
 import { TandemError, type ErrorCode } from './errors.ts';
 
-const ajv = new Ajv({ strict: true, allErrors: false, allowUnionTypes: true, ownProperties: true });
+const ajv = new Ajv({ strict: true, strictRequired: false, allErrors: false, allowUnionTypes: true, ownProperties: true });
 
 export type Validator<T> = (value: unknown, what?: string) => T;
 

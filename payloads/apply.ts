@@ -1,0 +1,255 @@
+/**
+ * The apply engine: a payload stream (+ the source slot for a delta) becomes
+ * positional writes into the target slot. Every byte written has been checked
+ * against a signed hash first (blob, operation output, source bytes read), and
+ * the finished target is read back and checked against the manifest's target
+ * size and sha256 — the one deliberate second read (DESIGN.md, trust).
+ *
+ * Checkpoints are reported only once the writes before them are durable
+ * (fdatasync), so a caller that persists them can resume after power loss
+ * with the same result as an uninterrupted run.
+ */
+import { createHash } from 'node:crypto';
+import { constants, type FileHandle, open, realpath } from 'node:fs/promises';
+import { TandemError } from '../shared/errors.ts';
+import type { Extent, Manifest } from '../shared/schemas/manifest.ts';
+import { ByteReader } from './byte-reader.ts';
+import { MAX_OPERATION_SIZE } from './format.ts';
+import { extentsLength } from './manifest-check.ts';
+import {
+  readOperations,
+  readVerifiedPrelude,
+  resumeOffset,
+  sha256Hex,
+  verifyStoredPrelude,
+  type TrustOptions,
+  type VerifiedPayload,
+} from './payload-reader.ts';
+
+export interface Checkpoint {
+  /** The next operation to apply. */
+  nextOp: number;
+  /** Byte offset in the payload from which to resume reading (e.g. an HTTP Range start). */
+  payloadOffset: number;
+}
+
+export interface ApplyProgress {
+  phase: 'source' | 'apply' | 'verify';
+  done: number;
+  total: number;
+}
+
+export interface ApplyOptions extends TrustOptions {
+  target: string;
+  source?: string;
+  /** Called with the verified manifest before anything is written; throw to refuse (board, version policy). */
+  accept?: (verified: VerifiedPayload) => void | Promise<void>;
+  /** Report a durable checkpoint after at least this many output bytes (0: after every operation). */
+  checkpointEveryBytes?: number;
+  onCheckpoint?: (checkpoint: Checkpoint, verified: VerifiedPayload) => void | Promise<void>;
+  onProgress?: (progress: ApplyProgress) => void;
+  /** Hash the whole source slot before a delta (default true); per-operation source hashes are always checked. */
+  verifySource?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface ApplyResult {
+  manifest: Manifest;
+  keyId: string;
+  bytesWritten: number;
+  operations: number;
+}
+
+/** Applies a whole payload read from its first byte. */
+export async function applyPayload(payload: AsyncIterable<Uint8Array>, options: ApplyOptions): Promise<ApplyResult> {
+  const reader = new ByteReader(payload);
+  try {
+    const verified = await readVerifiedPrelude(reader, options);
+    return await applyVerified(verified, reader, 0, options);
+  } finally {
+    await reader.close();
+  }
+}
+
+/**
+ * Resumes from a checkpoint: `prelude` is Prelude.raw kept by the caller, `data`
+ * streams the payload from checkpoint.payloadOffset.
+ */
+export async function resumePayload(prelude: Buffer, checkpoint: Checkpoint, data: AsyncIterable<Uint8Array>, options: ApplyOptions): Promise<ApplyResult> {
+  const verified = await verifyStoredPrelude(prelude, options);
+  const expected = resumeOffset(verified, checkpoint.nextOp);
+  if (checkpoint.payloadOffset !== expected) {
+    throw new TandemError('ERR_CHECKPOINT', `Checkpoint offset ${checkpoint.payloadOffset} does not match operation ${checkpoint.nextOp} (expected ${expected}).`);
+  }
+  const reader = new ByteReader(data, checkpoint.payloadOffset);
+  try {
+    return await applyVerified(verified, reader, checkpoint.nextOp, options);
+  } finally {
+    await reader.close();
+  }
+}
+
+async function openTarget(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return open(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    throw ioError(err, `open target ${path}`);
+  }
+}
+
+function ioError(cause: unknown, what: string): TandemError {
+  if (cause instanceof TandemError) return cause;
+  const message = cause instanceof Error ? cause.message : String(cause);
+  return new TandemError('ERR_IO', `Could not ${what}: ${message}`, { cause });
+}
+
+async function readExtents(fh: FileHandle, extents: readonly Extent[], into: Buffer): Promise<Buffer> {
+  let at = 0;
+  for (const [offset, length] of extents) {
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await fh.read(into, at + done, length - done, offset + done);
+      if (bytesRead === 0) throw new TandemError('ERR_IO', `Unexpected end of slot at ${offset + done}.`);
+      done += bytesRead;
+    }
+    at += length;
+  }
+  return into.subarray(0, at);
+}
+
+async function writeExtents(fh: FileHandle, extents: readonly Extent[], data: Buffer): Promise<void> {
+  let at = 0;
+  for (const [offset, length] of extents) {
+    let done = 0;
+    while (done < length) {
+      const { bytesWritten } = await fh.write(data, at + done, length - done, offset + done);
+      done += bytesWritten;
+    }
+    at += length;
+  }
+}
+
+/** sha256 of the first `size` bytes of a slot, read in 2 MiB chunks. */
+export async function hashSlot(fh: FileHandle, size: number, onBytes?: (done: number) => void, signal?: AbortSignal): Promise<string> {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+  let done = 0;
+  while (done < size) {
+    signal?.throwIfAborted();
+    const want = Math.min(buf.length, size - done);
+    const { bytesRead } = await fh.read(buf, 0, want, done);
+    if (bytesRead === 0) throw new TandemError('ERR_TARGET_HASH', `The slot ends at ${done} bytes, before the expected ${size}.`);
+    hash.update(buf.subarray(0, bytesRead));
+    done += bytesRead;
+    onBytes?.(done);
+  }
+  return hash.digest('hex');
+}
+
+async function sameFile(a: FileHandle, b: FileHandle, pathA: string, pathB: string): Promise<boolean> {
+  const [sa, sb] = await Promise.all([a.stat({ bigint: true }), b.stat({ bigint: true })]);
+  if (sa.dev === sb.dev && sa.ino === sb.ino) return true;
+  // Two device nodes for one block device (e.g. /dev/sda2 and a by-partlabel link resolved elsewhere).
+  if (sa.isBlockDevice() && sb.isBlockDevice() && sa.rdev === sb.rdev) return true;
+  return (await realpath(pathA)) === (await realpath(pathB));
+}
+
+async function applyVerified(verified: VerifiedPayload, reader: ByteReader, startOp: number, options: ApplyOptions): Promise<ApplyResult> {
+  const { manifest } = verified;
+  const signal = options.signal;
+  await options.accept?.(verified);
+  if (manifest.kind === 'delta' && options.source === undefined) {
+    throw new TandemError('ERR_SOURCE_MISMATCH', `This is a delta from ${manifest.source!.version}: give the source slot.`);
+  }
+  const target = await openTarget(options.target);
+  let source: FileHandle | undefined;
+  try {
+    if (manifest.kind === 'delta') {
+      source = await open(options.source!, constants.O_RDONLY).catch((err: unknown) => {
+        throw ioError(err, `open source ${options.source}`);
+      });
+      if (await sameFile(source, target, options.source!, options.target)) {
+        throw new TandemError('ERR_TARGET_IS_SOURCE', 'The target slot is the source slot: a delta is never applied onto the slot it reads from.');
+      }
+      if (options.verifySource !== false) {
+        const expected = manifest.source!;
+        const total = expected.size;
+        const digest = await hashSlot(source, expected.size, (done) => options.onProgress?.({ phase: 'source', done, total }), signal).catch((err: unknown) => {
+          if (err instanceof TandemError && err.code === 'ERR_TARGET_HASH') return '';
+          throw err;
+        });
+        if (digest !== expected.sha256) {
+          throw new TandemError('ERR_SOURCE_MISMATCH', `The source slot is not version ${expected.version} (sha256 differs): this delta cannot apply; use a full payload.`, {
+            details: { expected: expected.sha256, actual: digest },
+          });
+        }
+      }
+    }
+
+    const opBuffer = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+    const zeros = Buffer.alloc(MAX_OPERATION_SIZE);
+    const checkpointEvery = options.checkpointEveryBytes ?? 16 * 1024 * 1024;
+    const total = manifest.target.size;
+    let done = 0;
+    for (let i = 0; i < startOp; i++) done += extentsLength(manifest.operations[i]!.dst);
+    let sinceCheckpoint = 0;
+    let bytesWritten = 0;
+    let applied = 0;
+
+    const readSource = (extents: readonly Extent[]): Promise<Buffer> =>
+      readExtents(source!, extents, Buffer.allocUnsafe(extentsLength(extents)));
+
+    for await (const item of readOperations(verified, reader, { startOp, readSource, ...(signal ? { signal } : {}) })) {
+      const { op, index } = item;
+      const length = extentsLength(op.dst);
+      let data: Buffer;
+      switch (op.op) {
+        case 'REPLACE':
+        case 'PATCH':
+          data = item.data!;
+          break;
+        case 'ZERO':
+          data = zeros.subarray(0, length);
+          break;
+        case 'SOURCE_COPY':
+        case 'TARGET_COPY': {
+          data = await readExtents(op.op === 'SOURCE_COPY' ? source! : target, op.src, opBuffer);
+          if (sha256Hex(data) !== op.sha256) {
+            throw new TandemError(
+              op.op === 'SOURCE_COPY' ? 'ERR_SOURCE_HASH' : 'ERR_OPERATION_HASH',
+              `Operation ${index} (${op.op}) read bytes that do not match its signed sha256.`,
+              { details: { operation: index } },
+            );
+          }
+          break;
+        }
+      }
+      await writeExtents(target, op.dst, data).catch((err: unknown) => {
+        throw ioError(err, `write the target slot`);
+      });
+      bytesWritten += length;
+      done += length;
+      sinceCheckpoint += length;
+      applied++;
+      options.onProgress?.({ phase: 'apply', done, total });
+      if (options.onCheckpoint && sinceCheckpoint >= checkpointEvery) {
+        await target.datasync();
+        sinceCheckpoint = 0;
+        await options.onCheckpoint({ nextOp: index + 1, payloadOffset: resumeOffset(verified, index + 1) }, verified);
+      }
+    }
+
+    await target.datasync();
+    const digest = await hashSlot(target, total, (d) => options.onProgress?.({ phase: 'verify', done: d, total }), signal);
+    if (digest !== manifest.target.sha256) {
+      throw new TandemError('ERR_TARGET_HASH', 'The written slot does not match the signed target sha256; it must not be booted.', {
+        details: { expected: manifest.target.sha256, actual: digest },
+      });
+    }
+    return { manifest, keyId: verified.keyId, bytesWritten, operations: applied };
+  } finally {
+    await source?.close();
+    await target.close();
+  }
+}

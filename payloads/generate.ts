@@ -1,0 +1,365 @@
+/**
+ * The payload generator, streaming and bounded in memory: the image is read
+ * once in 2 MiB chunks, each 4 KiB block classified as ZERO, a copy of a source
+ * block (SOURCE_COPY, delta only), a copy of a block written earlier in the
+ * target (TARGET_COPY), or literal bytes. Literal runs become REPLACE
+ * operations whose bytes are packed, in apply order, into blobs of up to
+ * 8 MiB (one zstd frame each, so the compressor keeps its history across
+ * operations). Memory: the block indexes (16 bytes a block) plus a few blobs
+ * in flight, whatever the image size.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import { constants, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { canonicalBytes } from '../shared/canonical-json.ts';
+import { syncDir } from '../shared/durable-write.ts';
+import { TandemError } from '../shared/errors.ts';
+import { signBytes, type KeyringDocument } from '../shared/keyring.ts';
+import { parseVersion } from '../shared/versions.ts';
+import type { Blob, Extent, Manifest, Operation } from '../shared/schemas/manifest.ts';
+import { BlockIndex, fingerprint } from './block-index.ts';
+import { BLOCK_SIZE, encodeHeader, MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_RAW_SIZE, MAX_OPERATION_SIZE, MAX_WINDOW_LOG } from './format.ts';
+import { parseManifest } from './payload-reader.ts';
+import { encodeSignatureBlock } from './signature-block.ts';
+import { createEncoder, type Encoder } from './zstd.ts';
+
+export interface CreatePayloadOptions {
+  image: string;
+  source?: { path: string; version: string };
+  version: string;
+  board: string;
+  product?: string;
+  signer: KeyObject;
+  keyring: KeyringDocument;
+  out: string;
+  /** zstd level (default 19). */
+  level?: number;
+  encoder?: 'auto' | 'native' | 'wasm';
+  /** Blobs compressed at once (default 2). */
+  concurrency?: number;
+  onProgress?: (progress: { phase: 'index' | 'scan'; done: number; total: number }) => void;
+  signal?: AbortSignal;
+  now?: Date;
+}
+
+export interface PayloadSummary {
+  path: string;
+  size: number;
+  sha256: string;
+  manifest: Manifest;
+  stats: PayloadStats;
+}
+
+export interface PayloadStats {
+  zeroBytes: number;
+  sourceCopyBytes: number;
+  targetCopyBytes: number;
+  literalBytes: number;
+  compressedBytes: number;
+  operations: number;
+  blobs: number;
+  manifestBytes: number;
+}
+
+type Kind = 'ZERO' | 'SOURCE_COPY' | 'TARGET_COPY' | 'LITERAL';
+
+interface OpenOperation {
+  kind: Kind;
+  start: number;
+  length: number;
+  src: Extent[];
+  chunks: Buffer[];
+}
+
+function appendExtent(extents: Extent[], offset: number, length: number): void {
+  const last = extents[extents.length - 1];
+  if (last && last[0] + last[1] === offset) last[1] += length;
+  else extents.push([offset, length]);
+}
+
+function isZero(block: Uint8Array): boolean {
+  // Compare 8 bytes at a time where alignment allows; blocks come from 2 MiB reads at 4 KiB strides.
+  if (block.byteOffset % 8 === 0 && block.length % 8 === 0) {
+    const words = new BigUint64Array(block.buffer, block.byteOffset, block.length / 8);
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+    return true;
+  }
+  for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false;
+  return true;
+}
+
+async function readFully(fh: FileHandle, buf: Buffer, length: number, position: number): Promise<number> {
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done;
+}
+
+/** Hashes a whole image and indexes its full, non-zero blocks. */
+async function indexSource(fh: FileHandle, size: number, options: CreatePayloadOptions): Promise<{ index: BlockIndex; sha256: string }> {
+  const index = new BlockIndex(Math.ceil(size / BLOCK_SIZE));
+  const hash = createHash('sha256');
+  const chunk = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+  for (let offset = 0; offset < size; ) {
+    options.signal?.throwIfAborted();
+    const n = await readFully(fh, chunk, Math.min(chunk.length, size - offset), offset);
+    const data = chunk.subarray(0, n);
+    hash.update(data);
+    for (let b = 0; b + BLOCK_SIZE <= n; b += BLOCK_SIZE) {
+      const block = data.subarray(b, b + BLOCK_SIZE);
+      if (!isZero(block)) index.add(fingerprint(block), offset + b);
+    }
+    offset += n;
+    options.onProgress?.({ phase: 'index', done: offset, total: size });
+  }
+  return { index, sha256: hash.digest('hex') };
+}
+
+/** Encodes sealed blobs with bounded concurrency and appends them to the data file in order. */
+class BlobWriter {
+  readonly blobs: Blob[] = [];
+  private inFlight: Promise<void>[] = [];
+  private dataOffset = 0;
+  private chain: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly encoder: Encoder,
+    private readonly data: FileHandle,
+    private readonly concurrency: number,
+  ) {}
+
+  async add(raw: Buffer): Promise<number> {
+    const index = this.blobs.length;
+    const blob: Blob = { size: 0, sha256: '', rawSize: raw.length };
+    this.blobs.push(blob);
+    const encoded = this.encoder.encode(raw, { windowLog: MAX_WINDOW_LOG });
+    // Appends happen in blob order whatever order the encodings finish in.
+    this.chain = this.chain.then(async () => {
+      const bytes = await encoded;
+      blob.size = bytes.length;
+      blob.sha256 = createHash('sha256').update(bytes).digest('hex');
+      await this.data.write(bytes, 0, bytes.length, this.dataOffset);
+      this.dataOffset += bytes.length;
+    });
+    this.inFlight.push(this.chain);
+    if (this.inFlight.length >= this.concurrency) await this.inFlight.shift();
+    return index;
+  }
+
+  async finish(): Promise<number> {
+    await this.chain;
+    return this.dataOffset;
+  }
+}
+
+export async function createPayload(options: CreatePayloadOptions): Promise<PayloadSummary> {
+  parseVersion(options.version);
+  if (options.source) parseVersion(options.source.version);
+  const encoder = await createEncoder({ level: options.level ?? 19, prefer: options.encoder ?? 'auto' });
+  const image = await open(options.image, constants.O_RDONLY).catch((cause: unknown) => {
+    throw new TandemError('ERR_IO', `Cannot open image ${options.image}: ${(cause as Error).message}`, { cause });
+  });
+  const outDir = dirname(options.out);
+  const dataPath = join(outDir, `.${basename(options.out)}.${process.pid}.data`);
+  const tmpPath = join(outDir, `.${basename(options.out)}.${process.pid}.tmp`);
+  const data = await open(dataPath, 'w+', 0o600);
+  let source: FileHandle | undefined;
+  try {
+    const targetSize = (await image.stat()).size;
+    if (targetSize === 0) throw new TandemError('ERR_INVALID_ARGUMENT', `Image ${options.image} is empty.`);
+    let sourceRef: Manifest['source'];
+    let sourceIndex: BlockIndex | undefined;
+    if (options.source) {
+      source = await open(options.source.path, constants.O_RDONLY);
+      const size = (await source.stat()).size;
+      const indexed = await indexSource(source, size, options);
+      sourceIndex = indexed.index;
+      sourceRef = { version: options.source.version, size, sha256: indexed.sha256 };
+    }
+
+    const blobs = new BlobWriter(encoder, data, Math.max(1, options.concurrency ?? 2));
+    const operations: Operation[] = [];
+    const stats: PayloadStats = { zeroBytes: 0, sourceCopyBytes: 0, targetCopyBytes: 0, literalBytes: 0, compressedBytes: 0, operations: 0, blobs: 0, manifestBytes: 0 };
+    const targetIndex = new BlockIndex(Math.ceil(targetSize / BLOCK_SIZE));
+    const targetHash = createHash('sha256');
+    const compare = Buffer.allocUnsafe(BLOCK_SIZE);
+    let blobRaw: Buffer[] = [];
+    let blobRawSize = 0;
+    let pendingBlobOps: { op: Operation & { blob: number } }[] = [];
+    let open_: OpenOperation | undefined;
+
+    const sealBlob = async (): Promise<void> => {
+      if (blobRawSize === 0) return;
+      const index = await blobs.add(Buffer.concat(blobRaw, blobRawSize));
+      for (const { op } of pendingBlobOps) op.blob = index;
+      blobRaw = [];
+      blobRawSize = 0;
+      pendingBlobOps = [];
+    };
+
+    const flush = async (): Promise<void> => {
+      const op = open_;
+      if (!op) return;
+      open_ = undefined;
+      const dst: Extent[] = [[op.start, op.length]];
+      switch (op.kind) {
+        case 'ZERO':
+          operations.push({ op: 'ZERO', dst });
+          stats.zeroBytes += op.length;
+          return;
+        case 'SOURCE_COPY':
+        case 'TARGET_COPY': {
+          const sha256 = createHash('sha256');
+          for (const c of op.chunks) sha256.update(c);
+          operations.push({ op: op.kind, src: op.src, dst, sha256: sha256.digest('hex') });
+          if (op.kind === 'SOURCE_COPY') stats.sourceCopyBytes += op.length;
+          else stats.targetCopyBytes += op.length;
+          return;
+        }
+        case 'LITERAL': {
+          if (blobRawSize + op.length > MAX_BLOB_RAW_SIZE) await sealBlob();
+          const bytes = Buffer.concat(op.chunks, op.length);
+          const replace = { op: 'REPLACE' as const, blob: -1, dst, sha256: createHash('sha256').update(bytes).digest('hex') };
+          operations.push(replace);
+          pendingBlobOps.push({ op: replace });
+          blobRaw.push(bytes);
+          blobRawSize += op.length;
+          stats.literalBytes += op.length;
+          return;
+        }
+      }
+    };
+
+    const addBlock = async (kind: Kind, offset: number, block: Buffer, srcOffset = -1): Promise<void> => {
+      const current = open_;
+      const contiguous = current !== undefined && current.kind === kind && current.length + block.length <= MAX_OPERATION_SIZE;
+      // TARGET_COPY may only read bytes of operations already closed.
+      const selfRead = kind === 'TARGET_COPY' && current !== undefined && srcOffset >= current.start;
+      if (!contiguous || selfRead) {
+        await flush();
+        open_ = { kind, start: offset, length: 0, src: [], chunks: [] };
+      }
+      const op = open_!;
+      op.length += block.length;
+      if (kind !== 'ZERO') op.chunks.push(Buffer.from(block));
+      if (srcOffset >= 0) appendExtent(op.src, srcOffset, block.length);
+    };
+
+    const sameBytes = async (fh: FileHandle, offset: number, block: Buffer): Promise<boolean> => {
+      const n = await readFully(fh, compare, BLOCK_SIZE, offset);
+      return n === BLOCK_SIZE && compare.equals(block);
+    };
+
+    const chunk = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+    for (let offset = 0; offset < targetSize; ) {
+      options.signal?.throwIfAborted();
+      const n = await readFully(image, chunk, Math.min(chunk.length, targetSize - offset), offset);
+      if (n === 0) throw new TandemError('ERR_IO', `Image ${options.image} shrank while it was read.`);
+      targetHash.update(chunk.subarray(0, n));
+      for (let b = 0; b < n; b += BLOCK_SIZE) {
+        const at = offset + b;
+        const block = chunk.subarray(b, Math.min(b + BLOCK_SIZE, n));
+        if (isZero(block)) {
+          await addBlock('ZERO', at, block);
+          continue;
+        }
+        if (block.length < BLOCK_SIZE) {
+          await addBlock('LITERAL', at, block);
+          continue;
+        }
+        const fp = fingerprint(block);
+        // A run continues where the previous copy left off: check that first, it keeps extents long.
+        const prev = open_;
+        if (source && prev?.kind === 'SOURCE_COPY') {
+          const last = prev.src[prev.src.length - 1]!;
+          const next = last[0] + last[1];
+          if (next + BLOCK_SIZE <= sourceRef!.size && (await sameBytes(source, next, block))) {
+            await addBlock('SOURCE_COPY', at, block, next);
+            targetIndex.add(fp, at);
+            continue;
+          }
+        }
+        const inSource = sourceIndex ? sourceIndex.get(fp) : -1;
+        if (inSource >= 0 && (await sameBytes(source!, inSource, block))) {
+          await addBlock('SOURCE_COPY', at, block, inSource);
+          targetIndex.add(fp, at);
+          continue;
+        }
+        const inTarget = targetIndex.get(fp);
+        if (inTarget >= 0 && (await sameBytes(image, inTarget, block))) {
+          await addBlock('TARGET_COPY', at, block, inTarget);
+          continue;
+        }
+        targetIndex.add(fp, at);
+        await addBlock('LITERAL', at, block);
+      }
+      offset += n;
+      options.onProgress?.({ phase: 'scan', done: offset, total: targetSize });
+    }
+    await flush();
+    await sealBlob();
+    const dataSize = await blobs.finish();
+
+    const manifest: Manifest = {
+      type: 'tandem-manifest',
+      formatVersion: 1,
+      product: options.product ?? options.board,
+      board: options.board,
+      version: options.version,
+      kind: sourceRef ? 'delta' : 'full',
+      createdAt: (options.now ?? new Date()).toISOString(),
+      blockSize: 4096,
+      ...(sourceRef ? { source: sourceRef } : {}),
+      target: { size: targetSize, sha256: targetHash.digest('hex') },
+      dataSize,
+      blobs: blobs.blobs,
+      operations,
+    };
+    const manifestBytes = canonicalBytes(manifest);
+    if (manifestBytes.length > MANIFEST_MAX_BYTES) {
+      throw new TandemError('ERR_MANIFEST_TOO_LARGE', `The manifest would be ${manifestBytes.length} bytes, above the ${MANIFEST_MAX_BYTES}-byte limit devices accept.`);
+    }
+    // What we sign must be what a device accepts: run the reader's own checks on it.
+    parseManifest(manifestBytes);
+    const signatureBlock = encodeSignatureBlock({
+      keyring: options.keyring,
+      signatures: [signBytes(manifestBytes, options.signer, MANIFEST_SIGNATURE_DOMAIN)],
+    });
+    Object.assign(stats, { compressedBytes: dataSize, operations: operations.length, blobs: blobs.blobs.length, manifestBytes: manifestBytes.length });
+
+    // Assemble: header, manifest, signatures, then the data section streamed from the temp file.
+    const out = await open(tmpPath, 'w', 0o644);
+    const payloadHash = createHash('sha256');
+    let size = 0;
+    try {
+      const append = async (bytes: Buffer): Promise<void> => {
+        payloadHash.update(bytes);
+        await out.write(bytes, 0, bytes.length, size);
+        size += bytes.length;
+      };
+      await append(encodeHeader(manifestBytes.length, signatureBlock.length));
+      await append(manifestBytes);
+      await append(signatureBlock);
+      for (let at = 0; at < dataSize; ) {
+        const n = await readFully(data, chunk, Math.min(chunk.length, dataSize - at), at);
+        await append(chunk.subarray(0, n));
+        at += n;
+      }
+      await out.sync();
+    } finally {
+      await out.close();
+    }
+    await rename(tmpPath, options.out);
+    await syncDir(outDir);
+    return { path: options.out, size, sha256: payloadHash.digest('hex'), manifest, stats };
+  } finally {
+    await image.close();
+    await source?.close();
+    await data.close();
+    await rm(dataPath, { force: true });
+    await rm(tmpPath, { force: true });
+  }
+}

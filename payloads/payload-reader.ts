@@ -1,0 +1,209 @@
+/**
+ * The streaming reader. Trust comes first: the header, the manifest bytes and
+ * the signature block are read (bounded), the keyring is verified against the
+ * pinned root keys and the manifest bytes against the keyring BEFORE the
+ * manifest is parsed or any operation is yielded. Then operations come in
+ * apply order with their data; each blob's sha256 is checked before a byte of
+ * it reaches the decoder, and each decoded operation's output hash after.
+ */
+import { createHash } from 'node:crypto';
+import { canonicalBytes } from '../shared/canonical-json.ts';
+import { TandemError } from '../shared/errors.ts';
+import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../shared/keyring.ts';
+import { parseSafeJson } from '../shared/safe-json.ts';
+import { validateManifest, type Extent, type Manifest, type Operation } from '../shared/schemas/manifest.ts';
+import { ByteReader } from './byte-reader.ts';
+import {
+  decodeHeader,
+  HEADER_SIZE,
+  MANIFEST_MAX_BYTES,
+  MANIFEST_SIGNATURE_DOMAIN,
+  MAX_BLOB_RAW_SIZE,
+  MAX_BLOB_SIZE,
+  MAX_DICT_WINDOW_LOG,
+  MAX_WINDOW_LOG,
+  type PayloadHeader,
+} from './format.ts';
+import { checkManifest, extentsLength } from './manifest-check.ts';
+import { signatureBlockOf, type SignatureBlock } from './signature-block.ts';
+import { decodeFrame, loadZstdCodec } from './zstd.ts';
+
+export interface Prelude {
+  header: PayloadHeader;
+  manifestBytes: Buffer;
+  signatureBlock: SignatureBlock;
+  /** Header, manifest and signature block as read: what a resuming caller keeps. */
+  raw: Buffer;
+  /** Where the data section starts in the payload. */
+  dataOffset: number;
+}
+
+export interface VerifiedPayload {
+  prelude: Prelude;
+  manifest: Manifest;
+  keyring: VerifiedKeyring;
+  /** The release key whose signature verified. */
+  keyId: string;
+}
+
+export interface TrustOptions {
+  trust: RootTrust;
+  now?: Date;
+  /** Refuse keyrings older than this version (a device remembers the newest it saw). */
+  minKeyringVersion?: number;
+}
+
+export async function readPrelude(reader: ByteReader): Promise<Prelude> {
+  const headerBytes = await reader.read(HEADER_SIZE, undefined, 'header');
+  const header = decodeHeader(headerBytes);
+  const manifestBytes = await reader.read(header.manifestLength, undefined, 'manifest');
+  const signatureBytes = await reader.read(header.signatureBlockLength, undefined, 'signature block');
+  const signatureBlock = signatureBlockOf(signatureBytes);
+  return {
+    header,
+    manifestBytes,
+    signatureBlock,
+    raw: Buffer.concat([headerBytes, manifestBytes, signatureBytes]),
+    dataOffset: HEADER_SIZE + header.manifestLength + header.signatureBlockLength,
+  };
+}
+
+/** Parses the manifest bytes without trusting them: for `inspect` and after verification. */
+export function parseManifest(manifestBytes: Buffer): Manifest {
+  const manifest = validateManifest(parseSafeJson(manifestBytes, { maxBytes: MANIFEST_MAX_BYTES, maxDepth: 8 }), 'manifest');
+  if (!canonicalBytes(manifest).equals(manifestBytes)) {
+    throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its bytes are not canonical JSON (RFC 8785).');
+  }
+  checkManifest(manifest);
+  return manifest;
+}
+
+export function verifyPrelude(prelude: Prelude, options: TrustOptions): VerifiedPayload {
+  const now = options.now ?? new Date();
+  const keyring = verifyKeyring(prelude.signatureBlock.keyring, options.trust, {
+    now,
+    ...(options.minKeyringVersion === undefined ? {} : { minVersion: options.minKeyringVersion }),
+  });
+  const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
+  return { prelude, manifest: parseManifest(prelude.manifestBytes), keyring, keyId };
+}
+
+export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {
+  return verifyPrelude(await readPrelude(reader), options);
+}
+
+/** Re-reads a prelude kept by a resuming caller; verifies it again, since it sat on disk. */
+export async function verifyStoredPrelude(raw: Buffer, options: TrustOptions): Promise<VerifiedPayload> {
+  const reader = new ByteReader([raw]);
+  const verified = await readVerifiedPrelude(reader, options);
+  await reader.expectEnd();
+  return verified;
+}
+
+/** Offset in the payload from which a resume at operation `nextOp` must read. */
+export function resumeOffset(verified: VerifiedPayload, nextOp: number): number {
+  const { manifest } = verified;
+  let offset = verified.prelude.dataOffset;
+  const firstBlob = firstBlobFrom(manifest, nextOp);
+  for (let b = 0; b < firstBlob; b++) offset += manifest.blobs[b]!.size;
+  return offset;
+}
+
+function firstBlobFrom(manifest: Manifest, nextOp: number): number {
+  for (let i = nextOp; i < manifest.operations.length; i++) {
+    const op = manifest.operations[i]!;
+    if (op.op === 'REPLACE' || op.op === 'PATCH') return op.blob;
+  }
+  return manifest.blobs.length;
+}
+
+export interface OperationItem {
+  index: number;
+  op: Operation;
+  /** Output of REPLACE and PATCH: decoded, hash-checked; valid until the next item is requested. */
+  data?: Buffer;
+}
+
+export interface ReadOperationsOptions {
+  /** First operation to yield; `reader` must be positioned at resumeOffset(verified, startOp). */
+  startOp?: number;
+  /** Reads source bytes for PATCH dictionaries. */
+  readSource?: (extents: readonly Extent[]) => Promise<Buffer>;
+  signal?: AbortSignal;
+}
+
+export function sha256Hex(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export async function* readOperations(
+  verified: VerifiedPayload,
+  reader: ByteReader,
+  options: ReadOperationsOptions = {},
+): AsyncGenerator<OperationItem> {
+  const { manifest } = verified;
+  const startOp = options.startOp ?? 0;
+  if (!Number.isSafeInteger(startOp) || startOp < 0 || startOp > manifest.operations.length) {
+    throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${startOp} is outside 0..${manifest.operations.length}.`);
+  }
+  const zstd = await loadZstdCodec();
+  // Fixed buffers for the whole payload: one blob in, one blob out.
+  const compressed = Buffer.allocUnsafe(MAX_BLOB_SIZE);
+  const decoded = Buffer.allocUnsafe(MAX_BLOB_RAW_SIZE);
+  let blobIndex = firstBlobFrom(manifest, startOp) - 1;
+  let blobCursor = 0;
+  // Operations of the first blob that come before startOp were applied before the checkpoint.
+  for (let i = 0; i < startOp; i++) {
+    const op = manifest.operations[i]!;
+    if ((op.op === 'REPLACE' || op.op === 'PATCH') && op.blob === blobIndex + 1) blobCursor += extentsLength(op.dst);
+  }
+  let skip = blobCursor;
+
+  for (let index = startOp; index < manifest.operations.length; index++) {
+    options.signal?.throwIfAborted();
+    const op = manifest.operations[index]!;
+    if (op.op !== 'REPLACE' && op.op !== 'PATCH') {
+      yield { index, op };
+      continue;
+    }
+    if (op.blob !== blobIndex) {
+      blobIndex = op.blob;
+      const blob = manifest.blobs[blobIndex]!;
+      const bytes = await reader.read(blob.size, compressed, `blob ${blobIndex}`);
+      if (sha256Hex(bytes) !== blob.sha256) {
+        throw new TandemError('ERR_BLOB_HASH', `Blob ${blobIndex} does not match its signed sha256: the payload was altered or corrupted in transit.`, {
+          details: { blob: blobIndex },
+        });
+      }
+      let dict: Buffer | undefined;
+      if (blob.dict) {
+        if (!options.readSource) throw new TandemError('ERR_SOURCE_MISMATCH', 'A PATCH blob needs the source slot.');
+        dict = await options.readSource(blob.dict);
+        if (sha256Hex(dict) !== blob.dictSha256) {
+          throw new TandemError('ERR_SOURCE_HASH', `The source bytes blob ${blobIndex} patches against do not match their signed sha256.`, {
+            details: { blob: blobIndex },
+          });
+        }
+      }
+      try {
+        decodeFrame(zstd, bytes, decoded, { rawSize: blob.rawSize, maxWindowSize: 2 ** (dict ? MAX_DICT_WINDOW_LOG : MAX_WINDOW_LOG) }, dict);
+      } catch (err) {
+        throw err instanceof TandemError
+          ? new TandemError(err.code, `Blob ${blobIndex}: ${err.message}`, { details: { blob: blobIndex }, cause: err })
+          : err;
+      }
+      blobCursor = skip;
+      skip = 0;
+    }
+    const length = extentsLength(op.dst);
+    const data = decoded.subarray(blobCursor, blobCursor + length);
+    blobCursor += length;
+    if (sha256Hex(data) !== op.sha256) {
+      throw new TandemError('ERR_OPERATION_HASH', `Operation ${index} (${op.op}) output does not match its signed sha256.`, {
+        details: { operation: index },
+      });
+    }
+    yield { index, op, data };
+  }
+  await reader.expectEnd();
+}

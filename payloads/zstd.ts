@@ -1,0 +1,255 @@
+/**
+ * zstd for payload blobs. Decoding always goes through zstd-codec (WebAssembly,
+ * a fixed 16 MiB heap, no compiler needed on a device), fed in small chunks so
+ * memory stays fixed. Every frame header is inspected BEFORE decoding: a frame
+ * that asks for a bigger window than the format allows would abort the
+ * WebAssembly module on OOM, so it is refused first. Encoding prefers the
+ * native `zstd` binary (levels up to 22, explicit window); zstd-codec is the
+ * fallback (measured: its streaming encoder aborts above level 9 on 8 MiB input).
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TandemError } from '../shared/errors.ts';
+
+interface StreamBinding {
+  begin(level?: number): boolean;
+  beginUsingDict(dict: unknown): boolean;
+  transform(chunk: Uint8Array, callback: (out: Uint8Array) => void): boolean;
+  end(callback: (out: Uint8Array) => void): boolean;
+  delete(): void;
+}
+
+interface ZstdBinding {
+  ZstdDecompressStreamBinding: new () => StreamBinding;
+  ZstdCompressStreamBinding: new () => StreamBinding;
+  createDecompressionDict(bytes: Uint8Array): { delete(): void };
+  createCompressionDict(bytes: Uint8Array, level: number): { delete(): void };
+}
+
+const require = createRequire(import.meta.url);
+
+/** A fresh WebAssembly instance with its own heap; no state is shared between callers. */
+export function loadZstdCodec(): Promise<ZstdBinding> {
+  const moduleLoader = require('zstd-codec/lib/module.js') as { run(f: (binding: ZstdBinding) => void): void };
+  // The Emscripten module has a `then` method, so a promise would adopt it as a thenable and never
+  // settle: hand out a plain object with just the entry points instead.
+  return new Promise((resolve) =>
+    moduleLoader.run((m) =>
+      resolve({
+        ZstdDecompressStreamBinding: m.ZstdDecompressStreamBinding,
+        ZstdCompressStreamBinding: m.ZstdCompressStreamBinding,
+        createDecompressionDict: (bytes) => m.createDecompressionDict(bytes),
+        createCompressionDict: (bytes, level) => m.createCompressionDict(bytes, level),
+      }),
+    ),
+  );
+}
+
+const ZSTD_MAGIC = 0xfd2fb528;
+const MAX_BLOCK_SIZE = 128 * 1024;
+
+export interface FrameInfo {
+  windowSize: number;
+  contentSize: number | undefined;
+  dictId: number;
+  /** Offset just past the frame (its last block and checksum). */
+  end: number;
+}
+
+function frameError(message: string): never {
+  throw new TandemError('ERR_BLOB_DECODE', `Blob is not a valid zstd frame: ${message}.`);
+}
+
+/**
+ * Walks one zstd frame (RFC 8878 §3.1.1) without decoding it: header, window,
+ * dictionary id, then the block headers to find where the frame ends.
+ */
+export function inspectFrame(buf: Uint8Array): FrameInfo {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (buf.length < 6) frameError('too short');
+  if (view.getUint32(0, true) !== ZSTD_MAGIC) frameError('bad magic');
+  const descriptor = buf[4]!;
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  if ((descriptor >> 3) & 1) frameError('reserved bit set');
+  const checksum = (descriptor >> 2) & 1;
+  const dictIdFlag = descriptor & 3;
+  let pos = 5;
+  let windowSize = 0;
+  if (!singleSegment) {
+    const wd = buf[pos++]!;
+    const windowLog = 10 + (wd >> 3);
+    const base = 2 ** windowLog;
+    windowSize = base + (base / 8) * (wd & 7);
+  }
+  const dictIdBytes = [0, 1, 2, 4][dictIdFlag]!;
+  let dictId = 0;
+  for (let i = 0; i < dictIdBytes; i++) dictId += (buf[pos + i] ?? 0) * 2 ** (8 * i);
+  pos += dictIdBytes;
+  const fcsBytes = fcsFlag === 0 ? (singleSegment ? 1 : 0) : [0, 2, 4, 8][fcsFlag]!;
+  let contentSize: number | undefined;
+  if (fcsBytes > 0) {
+    if (pos + fcsBytes > buf.length) frameError('truncated header');
+    let value = 0;
+    for (let i = 0; i < fcsBytes; i++) value += buf[pos + i]! * 2 ** (8 * i);
+    if (fcsBytes === 2) value += 256;
+    contentSize = value;
+    pos += fcsBytes;
+  }
+  if (singleSegment) windowSize = contentSize ?? 0;
+  for (;;) {
+    if (pos + 3 > buf.length) frameError('truncated block header');
+    const header = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
+    pos += 3;
+    const last = header & 1;
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3) frameError('reserved block type');
+    if (size > MAX_BLOCK_SIZE) frameError('block larger than 128 KiB');
+    pos += type === 1 ? 1 : size; // RLE blocks carry one byte
+    if (pos > buf.length) frameError('truncated block');
+    if (last) break;
+  }
+  if (checksum) pos += 4;
+  if (pos > buf.length) frameError('truncated checksum');
+  return { windowSize, contentSize, dictId, end: pos };
+}
+
+export interface DecodeLimits {
+  /** Exact number of decoded bytes expected. */
+  rawSize: number;
+  maxWindowSize: number;
+}
+
+/**
+ * Decodes exactly one frame into `out` (at least rawSize long). The input is
+ * fed in 128 KiB slices; output beyond rawSize, a second frame, a window
+ * beyond the limit or a dictionary id are all refused.
+ */
+export function decodeFrame(zstd: ZstdBinding, compressed: Uint8Array, out: Buffer, limits: DecodeLimits, dict?: Uint8Array): number {
+  const info = inspectFrame(compressed);
+  if (info.end !== compressed.length) frameError('data after the frame');
+  if (info.windowSize > limits.maxWindowSize) frameError(`window of ${info.windowSize} bytes exceeds ${limits.maxWindowSize}`);
+  if (info.dictId !== 0) frameError('frame names a dictionary id');
+  if (info.contentSize !== undefined && info.contentSize !== limits.rawSize) {
+    frameError(`frame declares ${info.contentSize} bytes, the manifest ${limits.rawSize}`);
+  }
+  const stream = new zstd.ZstdDecompressStreamBinding();
+  const ddict = dict ? zstd.createDecompressionDict(dict) : undefined;
+  let written = 0;
+  let overflow = false;
+  const sink = (chunk: Uint8Array): void => {
+    if (written + chunk.length > limits.rawSize) {
+      overflow = true;
+      return;
+    }
+    out.set(chunk, written);
+    written += chunk.length;
+  };
+  try {
+    if (!(ddict ? stream.beginUsingDict(ddict) : stream.begin())) frameError('decoder failed to start');
+    for (let i = 0; i < compressed.length && !overflow; i += MAX_BLOCK_SIZE) {
+      if (!stream.transform(compressed.subarray(i, i + MAX_BLOCK_SIZE), sink)) frameError('corrupt data');
+    }
+    if (!overflow && !stream.end(sink)) frameError('corrupt data at the end');
+  } finally {
+    stream.delete();
+    ddict?.delete();
+  }
+  if (overflow) frameError(`decodes to more than the ${limits.rawSize} bytes the manifest declares`);
+  if (written !== limits.rawSize) frameError(`decodes to ${written} bytes, the manifest declares ${limits.rawSize}`);
+  return written;
+}
+
+export interface Encoder {
+  readonly name: string;
+  encode(raw: Uint8Array, options: { windowLog: number; dict?: Uint8Array }): Promise<Buffer>;
+}
+
+export interface EncoderOptions {
+  level: number;
+  /** 'native' requires the zstd binary, 'wasm' forces zstd-codec, 'auto' picks native where installed. */
+  prefer?: 'auto' | 'native' | 'wasm';
+}
+
+export async function createEncoder(options: EncoderOptions): Promise<Encoder> {
+  const prefer = options.prefer ?? 'auto';
+  if (prefer !== 'wasm' && (await hasNativeZstd())) return nativeEncoder(options.level);
+  if (prefer === 'native') throw new TandemError('ERR_ENCODER', 'The zstd binary is not installed; install zstd or use the WebAssembly encoder.');
+  return wasmEncoder(Math.min(options.level, 9), await loadZstdCodec());
+}
+
+let nativeProbe: Promise<boolean> | undefined;
+function hasNativeZstd(): Promise<boolean> {
+  nativeProbe ??= new Promise((resolve) => {
+    const child = spawn('zstd', ['--version'], { stdio: 'ignore' });
+    child.on('error', () => resolve(false));
+    child.on('close', (code) => resolve(code === 0));
+  });
+  return nativeProbe;
+}
+
+function nativeEncoder(level: number): Encoder {
+  return {
+    name: `zstd-native-${level}`,
+    async encode(raw, { windowLog, dict }) {
+      const args = ['-q', '-c', `-${level}`, `--zstd=wlog=${windowLog}`, `--stream-size=${raw.length}`, '--no-progress'];
+      if (level > 19) args.push('--ultra');
+      let dictDir: string | undefined;
+      try {
+        if (dict) {
+          dictDir = await mkdtemp(join(tmpdir(), 'tandem-dict-'));
+          const dictPath = join(dictDir, 'dict');
+          await writeFile(dictPath, dict);
+          args.push('-D', dictPath);
+        }
+        return await runZstd(args, raw);
+      } finally {
+        if (dictDir) await rm(dictDir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+function runZstd(args: string[], input: Uint8Array): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('zstd', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
+    child.stderr.on('data', (chunk: Buffer) => err.push(chunk));
+    child.on('error', (cause) => reject(new TandemError('ERR_ENCODER', `zstd could not start: ${cause.message}`, { cause })));
+    child.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out));
+      else reject(new TandemError('ERR_ENCODER', `zstd exited with ${code}: ${Buffer.concat(err).toString().trim()}`));
+    });
+    child.stdin.on('error', () => undefined); // reported through 'close'
+    child.stdin.end(input);
+  });
+}
+
+function wasmEncoder(level: number, zstd: ZstdBinding): Encoder {
+  return {
+    name: `zstd-codec-${level}`,
+    encode(raw, { dict }) {
+      // The window follows the level (≤ 4 MiB up to level 9), within both format limits.
+      const stream = new zstd.ZstdCompressStreamBinding();
+      const cdict = dict ? zstd.createCompressionDict(dict, level) : undefined;
+      const out: Buffer[] = [];
+      const sink = (chunk: Uint8Array): void => void out.push(Buffer.from(chunk));
+      try {
+        let ok = cdict ? stream.beginUsingDict(cdict) : stream.begin(level);
+        for (let i = 0; ok && i < raw.length; i += MAX_BLOCK_SIZE) ok = stream.transform(raw.subarray(i, i + MAX_BLOCK_SIZE), sink);
+        ok = ok && stream.end(sink);
+        if (!ok) throw new TandemError('ERR_ENCODER', 'zstd-codec failed to compress a blob.');
+        return Promise.resolve(Buffer.concat(out));
+      } finally {
+        stream.delete();
+        cdict?.delete();
+      }
+    },
+  };
+}
