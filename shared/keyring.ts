@@ -34,6 +34,7 @@ export interface KeyringInput {
   expires: Date;
   roots: { threshold: number; keys: Uint8Array[] };
   releaseKeys: { publicKey: Uint8Array; expires: Date; revoked?: boolean }[];
+  serverKeys?: { publicKey: Uint8Array; expires: Date; revoked?: boolean }[];
 }
 
 export interface RootTrust {
@@ -53,6 +54,8 @@ export interface VerifiedKeyring {
   /** What a device pins next, once it adopts this keyring. */
   roots: { threshold: number; keys: Buffer[] };
   releaseKeys: ReadonlyMap<string, ReleaseKey>;
+  /** Online keys that sign check-in responses (DESIGN.md, trust). */
+  serverKeys: ReadonlyMap<string, ReleaseKey>;
 }
 
 export function createKeyring(input: KeyringInput, signers: KeyObject[]): KeyringDocument {
@@ -66,6 +69,15 @@ export function createKeyring(input: KeyringInput, signers: KeyObject[]): Keyrin
       expires: isoOf(k.expires),
       ...(k.revoked === true ? { revoked: true as const } : {}),
     })),
+    ...(input.serverKeys
+      ? {
+          serverKeys: input.serverKeys.map((k) => ({
+            ...keyEntryOf(k.publicKey),
+            expires: isoOf(k.expires),
+            ...(k.revoked === true ? { revoked: true as const } : {}),
+          })),
+        }
+      : {}),
   };
   return signKeyring(signed, signers);
 }
@@ -140,6 +152,7 @@ export function verifyKeyring(doc: unknown, trust: RootTrust, opts: { now: Date;
     expires: content.expires,
     roots: { threshold: signed.roots.threshold, keys: [...content.roots.values()] },
     releaseKeys: content.releaseKeys,
+    serverKeys: content.serverKeys,
   };
 }
 
@@ -162,6 +175,7 @@ export function verifySignedBytes(
   keyring: VerifiedKeyring,
   domain: string,
   now: Date,
+  role: 'release' | 'server' = 'release',
 ): { keyId: string } {
   const message = withDomain(checkDetachedDomain(domain), bytes);
   // The keyring may have been verified long ago; a stale release-key list must not keep signing.
@@ -176,14 +190,14 @@ export function verifySignedBytes(
     if (failure === undefined || FAILURE_RANK[code]! > FAILURE_RANK[failure.code]!) failure = new TandemError(code, message, { details: { keyId } });
   };
   for (const { keyId, signature } of signatures) {
-    const key = keyring.releaseKeys.get(keyId);
-    if (key === undefined) fail('ERR_UNKNOWN_KEY', `Key ${keyId} is not a release key in keyring version ${keyring.version}.`, keyId);
-    else if (key.revoked) fail('ERR_KEY_REVOKED', `Release key ${keyId} is revoked.`, keyId);
-    else if (isExpired(key.expires, now)) fail('ERR_KEY_EXPIRED', `Release key ${keyId} expired at ${key.expires.toISOString()}.`, keyId);
+    const key = (role === 'server' ? keyring.serverKeys : keyring.releaseKeys).get(keyId);
+    if (key === undefined) fail('ERR_UNKNOWN_KEY', `Key ${keyId} is not a ${role} key in keyring version ${keyring.version}.`, keyId);
+    else if (key.revoked) fail('ERR_KEY_REVOKED', `${role} key ${keyId} is revoked.`, keyId);
+    else if (isExpired(key.expires, now)) fail('ERR_KEY_EXPIRED', `${role} key ${keyId} expired at ${key.expires.toISOString()}.`, keyId);
     else {
       const sig = decodeBase64Strict(signature, SIGNATURE_BYTES);
       if (sig !== undefined && verifySignature(key.publicKey, message, sig)) return { keyId };
-      fail('ERR_BAD_SIGNATURE', `The signature by release key ${keyId} does not verify.`, keyId);
+      fail('ERR_BAD_SIGNATURE', `The signature by ${role} key ${keyId} does not verify.`, keyId);
     }
   }
   throw failure ?? new TandemError('ERR_UNKNOWN_KEY', 'No signature to verify.');
@@ -195,6 +209,7 @@ interface SignedContent {
   expires: Date;
   roots: Map<string, Buffer>;
   releaseKeys: Map<string, ReleaseKey>;
+  serverKeys: Map<string, ReleaseKey>;
 }
 
 /** The checks a schema cannot express; throws ERR_KEYRING_INVALID (or ERR_BAD_KEY for a bad key). */
@@ -214,7 +229,14 @@ function readSigned(signed: KeyringSigned): SignedContent {
     if (roots.has(entry.keyId)) throw invalid(`Key ${entry.keyId} cannot be both a root key and a release key.`);
     releaseKeys.set(entry.keyId, { publicKey: decodeKey(entry, 'release'), expires: parseTimestamp(entry.expires), revoked: entry.revoked === true });
   }
-  return { expires: parseTimestamp(signed.expires), roots, releaseKeys };
+  const serverKeys = new Map<string, ReleaseKey>();
+  for (const entry of signed.serverKeys ?? []) {
+    if (serverKeys.has(entry.keyId)) throw invalid(`Server key ${entry.keyId} is listed twice.`);
+    // A server key signs online, so it must never also be a root or a release key.
+    if (roots.has(entry.keyId) || releaseKeys.has(entry.keyId)) throw invalid(`Key ${entry.keyId} cannot be a server key and a root or release key.`);
+    serverKeys.set(entry.keyId, { publicKey: decodeKey(entry, 'server'), expires: parseTimestamp(entry.expires), revoked: entry.revoked === true });
+  }
+  return { expires: parseTimestamp(signed.expires), roots, releaseKeys, serverKeys };
 }
 
 function decodeKey(entry: KeyringKey, role: string): Buffer {

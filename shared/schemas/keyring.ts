@@ -7,6 +7,7 @@ import { BASE64, KEY_ID, TIMESTAMP, compileValidator } from '../schema-validator
 
 export const MAX_ROOT_KEYS = 16;
 export const MAX_RELEASE_KEYS = 64;
+export const MAX_SERVER_KEYS = 16;
 export const MAX_KEYRING_SIGNATURES = 32;
 
 export interface KeyringKey {
@@ -25,6 +26,7 @@ export interface KeyringSigned {
   expires: string;
   roots: { threshold: number; keys: KeyringKey[] };
   releaseKeys: KeyringReleaseKey[];
+  serverKeys?: KeyringReleaseKey[];
 }
 
 export interface KeyringSignature {
@@ -80,6 +82,23 @@ export const KEYRING_SCHEMA = {
         releaseKeys: {
           type: 'array',
           maxItems: MAX_RELEASE_KEYS,
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['keyId', 'publicKey', 'expires'],
+            properties: {
+              keyId: KEY_ID,
+              publicKey: PUBLIC_KEY_B64,
+              expires: TIMESTAMP,
+              // Only `true` or absent: one encoding per meaning, so one canonical signed form.
+              revoked: { type: 'boolean', const: true },
+            },
+          },
+        },
+        // Online keys of the update server: they sign check-in responses, never manifests.
+        serverKeys: {
+          type: 'array',
+          maxItems: MAX_SERVER_KEYS,
           items: {
             type: 'object',
             additionalProperties: false,

@@ -291,3 +291,23 @@ test('release keys expire with time, and so does the keyring that lists them', (
   t.notThrows(() => verifySignedBytes(MANIFEST, [sig], shortKey, MANIFEST_DOMAIN, NOW));
   t.throws(() => verifySignedBytes(MANIFEST, [sig], shortKey, MANIFEST_DOMAIN, new Date('2026-07-01T00:00:00Z')), code('ERR_KEY_EXPIRED'));
 });
+
+test('server keys sign check responses and are not release keys', (t) => {
+  const root = generateKeyPair();
+  const release = generateKeyPair();
+  const server = generateKeyPair();
+  const now = new Date();
+  const expires = new Date(now.getTime() + 86_400_000);
+  const doc = createKeyring(
+    { version: 1, expires, roots: { threshold: 1, keys: [root.publicKey] }, releaseKeys: [{ publicKey: release.publicKey, expires }], serverKeys: [{ publicKey: server.publicKey, expires }] },
+    [root.privateKey],
+  );
+  const keyring = verifyKeyring(doc, { rootKeys: [root.publicKey], threshold: 1 }, { now });
+  const bytes = Buffer.from('{"body":1}');
+  const bySserver = signBytes(bytes, server.privateKey, 'tandem-check-response-v1\n');
+  t.deepEqual(verifySignedBytes(bytes, [bySserver], keyring, 'tandem-check-response-v1\n', now, 'server'), { keyId: bySserver.keyId });
+  // The server's online key must not be able to sign a manifest, nor a release key a check response.
+  t.throws(() => verifySignedBytes(bytes, [bySserver], keyring, 'tandem-check-response-v1\n', now, 'release'), { code: 'ERR_UNKNOWN_KEY' } as never);
+  const byRelease = signBytes(bytes, release.privateKey, 'tandem-check-response-v1\n');
+  t.throws(() => verifySignedBytes(bytes, [byRelease], keyring, 'tandem-check-response-v1\n', now, 'server'), { code: 'ERR_UNKNOWN_KEY' } as never);
+});
