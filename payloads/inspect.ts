@@ -7,7 +7,7 @@ import { constants, open } from 'node:fs/promises';
 import type { Extent, Manifest, OperationKind } from '../shared/schemas/manifest.ts';
 import { ByteReader } from './byte-reader.ts';
 import { extentsLength } from './manifest-check.ts';
-import { parseManifest, readOperations, readPrelude, readVerifiedPrelude, type TrustOptions } from './payload-reader.ts';
+import { decodeManifest, parseManifest, readOperations, readPrelude, readVerifiedPrelude, type TrustOptions } from './payload-reader.ts';
 
 export interface PayloadSummary {
   kind: Manifest['kind'];
@@ -57,9 +57,9 @@ export async function inspectPayload(stream: AsyncIterable<Uint8Array>): Promise
   const reader = new ByteReader(stream);
   try {
     const prelude = await readPrelude(reader);
-    const manifest = parseManifest(prelude.manifestBytes);
+    const manifest = parseManifest(await decodeManifest(prelude));
     const keyring = prelude.signatureBlock.keyring as { signed?: { version?: number } };
-    const summary = summarize(manifest, prelude.raw.length, prelude.manifestBytes.length, prelude.signatureBlock.signatures.map((s) => s.keyId), keyring.signed?.version ?? 0);
+    const summary = summarize(manifest, prelude.raw.length, prelude.header.manifestRawLength, prelude.signatureBlock.signatures.map((s) => s.keyId), keyring.signed?.version ?? 0);
     return { summary, manifest };
   } finally {
     await reader.close();
@@ -98,7 +98,7 @@ export async function verifyPayload(stream: AsyncIterable<Uint8Array>, options: 
     }
     const { prelude, manifest } = verified;
     return {
-      summary: summarize(manifest, prelude.raw.length, prelude.manifestBytes.length, prelude.signatureBlock.signatures.map((s) => s.keyId), verified.keyring.version),
+      summary: summarize(manifest, prelude.raw.length, prelude.header.manifestRawLength, prelude.signatureBlock.signatures.map((s) => s.keyId), verified.keyring.version),
       keyId: verified.keyId,
     };
   } finally {

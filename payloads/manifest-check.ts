@@ -8,7 +8,7 @@
  */
 import { TandemError } from '../shared/errors.ts';
 import type { Extent, Manifest } from '../shared/schemas/manifest.ts';
-import { MAX_BLOB_RAW_SIZE, MAX_BLOB_SIZE, MAX_DICT_SIZE, MAX_OPERATION_SIZE } from './format.ts';
+import { MAX_BLOB_SIZE, MAX_DICT_SIZE, MAX_OPERATION_SIZE } from './format.ts';
 
 function invalid(message: string, details: Record<string, unknown> = {}): never {
   throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${message}.`, { details });
@@ -96,7 +96,6 @@ export function checkManifest(manifest: Manifest): void {
   let dataSize = 0;
   manifest.blobs.forEach((blob, b) => {
     if (blob.size > MAX_BLOB_SIZE) invalid(`blob ${b} is ${blob.size} bytes, more than ${MAX_BLOB_SIZE}`, { blob: b });
-    if (blob.rawSize > MAX_BLOB_RAW_SIZE) invalid(`blob ${b} decodes to ${blob.rawSize} bytes, more than ${MAX_BLOB_RAW_SIZE}`, { blob: b });
     if (blob.rawSize !== blobRaw[b]) invalid(`blob ${b} declares ${blob.rawSize} decoded bytes but its operations take ${blobRaw[b]}`, { blob: b });
     if (blob.dict !== undefined) {
       if (!isDelta) invalid(`blob ${b} has a source dictionary in a full payload`, { blob: b });

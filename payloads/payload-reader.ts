@@ -18,18 +18,19 @@ import {
   HEADER_SIZE,
   MANIFEST_MAX_BYTES,
   MANIFEST_SIGNATURE_DOMAIN,
-  MAX_BLOB_RAW_SIZE,
   MAX_BLOB_SIZE,
+  MAX_OPERATION_SIZE,
   MAX_DICT_WINDOW_LOG,
   MAX_WINDOW_LOG,
   type PayloadHeader,
 } from './format.ts';
 import { checkManifest, extentsLength } from './manifest-check.ts';
 import { signatureBlockOf, type SignatureBlock } from './signature-block.ts';
-import { decodeFrame, loadZstdCodec } from './zstd.ts';
+import { decodeFrame, FrameStream, loadZstdCodec } from './zstd.ts';
 
 export interface Prelude {
   header: PayloadHeader;
+  /** The manifest as stored and signed: a zstd frame of its canonical JSON. */
   manifestBytes: Buffer;
   signatureBlock: SignatureBlock;
   /** Header, manifest and signature block as read: what a resuming caller keeps. */
@@ -68,7 +69,22 @@ export async function readPrelude(reader: ByteReader): Promise<Prelude> {
   };
 }
 
-/** Parses the manifest bytes without trusting them: for `inspect` and after verification. */
+/**
+ * Decompresses stored manifest bytes into canonical JSON, bounded by the
+ * header's declared length. Callers verify the signature over the stored
+ * bytes first, so the decoder never sees unauthenticated input on a device.
+ */
+export async function decodeManifest(prelude: Prelude): Promise<Buffer> {
+  const zstd = await loadZstdCodec();
+  const rawSize = prelude.header.manifestRawLength;
+  try {
+    return decodeFrame(zstd, prelude.manifestBytes, Buffer.allocUnsafe(rawSize), { rawSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
+  } catch (cause) {
+    throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/** Parses canonical manifest JSON without trusting it: for `inspect`, and after verification. */
 export function parseManifest(manifestBytes: Buffer): Manifest {
   const manifest = validateManifest(parseSafeJson(manifestBytes, { maxBytes: MANIFEST_MAX_BYTES, maxDepth: 8 }), 'manifest');
   if (!canonicalBytes(manifest).equals(manifestBytes)) {
@@ -78,14 +94,14 @@ export function parseManifest(manifestBytes: Buffer): Manifest {
   return manifest;
 }
 
-export function verifyPrelude(prelude: Prelude, options: TrustOptions): VerifiedPayload {
+export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Promise<VerifiedPayload> {
   const now = options.now ?? new Date();
   const keyring = verifyKeyring(prelude.signatureBlock.keyring, options.trust, {
     now,
     ...(options.minKeyringVersion === undefined ? {} : { minVersion: options.minKeyringVersion }),
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
-  return { prelude, manifest: parseManifest(prelude.manifestBytes), keyring, keyId };
+  return { prelude, manifest: parseManifest(await decodeManifest(prelude)), keyring, keyId };
 }
 
 export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {
@@ -103,6 +119,11 @@ export async function verifyStoredPrelude(raw: Buffer, options: TrustOptions): P
 /** Offset in the payload from which a resume at operation `nextOp` must read. */
 export function resumeOffset(verified: VerifiedPayload, nextOp: number): number {
   const { manifest } = verified;
+  // A checkpoint comes from disk: a negative or fractional nextOp would index past the operations
+  // (a TypeError, not a refusal) and one beyond the end would crash the caller's loop over them.
+  if (!Number.isSafeInteger(nextOp) || nextOp < 0 || nextOp > manifest.operations.length) {
+    throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${nextOp} is outside 0..${manifest.operations.length}.`);
+  }
   let offset = verified.prelude.dataOffset;
   const firstBlob = firstBlobFrom(manifest, nextOp);
   for (let b = 0; b < firstBlob; b++) offset += manifest.blobs[b]!.size;
@@ -147,63 +168,81 @@ export async function* readOperations(
     throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${startOp} is outside 0..${manifest.operations.length}.`);
   }
   const zstd = await loadZstdCodec();
-  // Fixed buffers for the whole payload: one blob in, one blob out.
+  // Fixed buffers for the whole payload: one compressed blob in, one operation out.
   const compressed = Buffer.allocUnsafe(MAX_BLOB_SIZE);
-  const decoded = Buffer.allocUnsafe(MAX_BLOB_RAW_SIZE);
+  const output = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
   let blobIndex = firstBlobFrom(manifest, startOp) - 1;
-  let blobCursor = 0;
-  // Operations of the first blob that come before startOp were applied before the checkpoint.
+  let frame: FrameStream | undefined;
+  // Decoded bytes of the first blob that belong to operations applied before the checkpoint.
+  let skip = 0;
   for (let i = 0; i < startOp; i++) {
     const op = manifest.operations[i]!;
-    if ((op.op === 'REPLACE' || op.op === 'PATCH') && op.blob === blobIndex + 1) blobCursor += extentsLength(op.dst);
+    if ((op.op === 'REPLACE' || op.op === 'PATCH') && op.blob === blobIndex + 1) skip += extentsLength(op.dst);
   }
-  let skip = blobCursor;
 
-  for (let index = startOp; index < manifest.operations.length; index++) {
-    options.signal?.throwIfAborted();
-    const op = manifest.operations[index]!;
-    if (op.op !== 'REPLACE' && op.op !== 'PATCH') {
-      yield { index, op };
-      continue;
-    }
-    if (op.blob !== blobIndex) {
-      blobIndex = op.blob;
-      const blob = manifest.blobs[blobIndex]!;
-      const bytes = await reader.read(blob.size, compressed, `blob ${blobIndex}`);
-      if (sha256Hex(bytes) !== blob.sha256) {
-        throw new TandemError('ERR_BLOB_HASH', `Blob ${blobIndex} does not match its signed sha256: the payload was altered or corrupted in transit.`, {
-          details: { blob: blobIndex },
-        });
+  try {
+    for (let index = startOp; index < manifest.operations.length; index++) {
+      options.signal?.throwIfAborted();
+      const op = manifest.operations[index]!;
+      if (op.op !== 'REPLACE' && op.op !== 'PATCH') {
+        yield { index, op };
+        continue;
       }
-      let dict: Buffer | undefined;
-      if (blob.dict) {
-        if (!options.readSource) throw new TandemError('ERR_SOURCE_MISMATCH', 'A PATCH blob needs the source slot.');
-        dict = await options.readSource(blob.dict);
-        if (sha256Hex(dict) !== blob.dictSha256) {
-          throw new TandemError('ERR_SOURCE_HASH', `The source bytes blob ${blobIndex} patches against do not match their signed sha256.`, {
-            details: { blob: blobIndex },
-          });
+      if (op.blob !== blobIndex) {
+        frame?.finish();
+        frame = undefined;
+        blobIndex = op.blob;
+        frame = await openBlob(verified, reader, blobIndex, compressed, zstd, options);
+        for (; skip > 0; ) {
+          const n = Math.min(skip, output.length);
+          frame.take(n, output);
+          skip -= n;
         }
       }
-      try {
-        decodeFrame(zstd, bytes, decoded, { rawSize: blob.rawSize, maxWindowSize: 2 ** (dict ? MAX_DICT_WINDOW_LOG : MAX_WINDOW_LOG) }, dict);
-      } catch (err) {
-        throw err instanceof TandemError
-          ? new TandemError(err.code, `Blob ${blobIndex}: ${err.message}`, { details: { blob: blobIndex }, cause: err })
-          : err;
+      const data = frame!.take(extentsLength(op.dst), output);
+      if (sha256Hex(data) !== op.sha256) {
+        throw new TandemError('ERR_OPERATION_HASH', `Operation ${index} (${op.op}) output does not match its signed sha256.`, {
+          details: { operation: index },
+        });
       }
-      blobCursor = skip;
-      skip = 0;
+      yield { index, op, data };
     }
-    const length = extentsLength(op.dst);
-    const data = decoded.subarray(blobCursor, blobCursor + length);
-    blobCursor += length;
-    if (sha256Hex(data) !== op.sha256) {
-      throw new TandemError('ERR_OPERATION_HASH', `Operation ${index} (${op.op}) output does not match its signed sha256.`, {
-        details: { operation: index },
-      });
-    }
-    yield { index, op, data };
+    frame?.finish();
+    frame = undefined;
+  } catch (err) {
+    throw err instanceof TandemError && err.code === 'ERR_BLOB_DECODE'
+      ? new TandemError(err.code, `Blob ${blobIndex}: ${err.message}`, { details: { blob: blobIndex }, cause: err })
+      : err;
+  } finally {
+    frame?.close();
   }
   await reader.expectEnd();
+}
+
+async function openBlob(
+  verified: VerifiedPayload,
+  reader: ByteReader,
+  blobIndex: number,
+  compressed: Buffer,
+  zstd: Awaited<ReturnType<typeof loadZstdCodec>>,
+  options: ReadOperationsOptions,
+): Promise<FrameStream> {
+  const blob = verified.manifest.blobs[blobIndex]!;
+  const bytes = await reader.read(blob.size, compressed, `blob ${blobIndex}`);
+  if (sha256Hex(bytes) !== blob.sha256) {
+    throw new TandemError('ERR_BLOB_HASH', `Blob ${blobIndex} does not match its signed sha256: the payload was altered or corrupted in transit.`, {
+      details: { blob: blobIndex },
+    });
+  }
+  let dict: Buffer | undefined;
+  if (blob.dict) {
+    if (!options.readSource) throw new TandemError('ERR_SOURCE_MISMATCH', 'A PATCH blob needs the source slot.');
+    dict = await options.readSource(blob.dict);
+    if (sha256Hex(dict) !== blob.dictSha256) {
+      throw new TandemError('ERR_SOURCE_HASH', `The source bytes blob ${blobIndex} patches against do not match their signed sha256.`, {
+        details: { blob: blobIndex },
+      });
+    }
+  }
+  return new FrameStream(zstd, bytes, { rawSize: blob.rawSize, maxWindowSize: 2 ** (dict ? MAX_DICT_WINDOW_LOG : MAX_WINDOW_LOG) }, dict);
 }

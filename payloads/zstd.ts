@@ -55,6 +55,8 @@ export interface FrameInfo {
   windowSize: number;
   contentSize: number | undefined;
   dictId: number;
+  /** Offset of the first block header. */
+  headerSize: number;
   /** Offset just past the frame (its last block and checksum). */
   end: number;
 }
@@ -100,6 +102,7 @@ export function inspectFrame(buf: Uint8Array): FrameInfo {
     pos += fcsBytes;
   }
   if (singleSegment) windowSize = contentSize ?? 0;
+  const headerSize = pos;
   for (;;) {
     if (pos + 3 > buf.length) frameError('truncated block header');
     const header = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
@@ -115,7 +118,7 @@ export function inspectFrame(buf: Uint8Array): FrameInfo {
   }
   if (checksum) pos += 4;
   if (pos > buf.length) frameError('truncated checksum');
-  return { windowSize, contentSize, dictId, end: pos };
+  return { windowSize, contentSize, dictId, headerSize, end: pos };
 }
 
 export interface DecodeLimits {
@@ -125,43 +128,127 @@ export interface DecodeLimits {
 }
 
 /**
- * Decodes exactly one frame into `out` (at least rawSize long). The input is
- * fed in 128 KiB slices; output beyond rawSize, a second frame, a window
- * beyond the limit or a dictionary id are all refused.
+ * Streams one frame's decoded bytes on demand. The frame header is checked
+ * before the decoder sees a byte, then the frame is fed one zstd block at a
+ * time, so each feed yields at most one block (≤ 128 KiB) of output: memory
+ * is the window plus what the caller takes, however large the frame decodes.
+ * Output beyond rawSize, a second frame, a window beyond the limit or a
+ * dictionary id are refused.
  */
-export function decodeFrame(zstd: ZstdBinding, compressed: Uint8Array, out: Buffer, limits: DecodeLimits, dict?: Uint8Array): number {
-  const info = inspectFrame(compressed);
-  if (info.end !== compressed.length) frameError('data after the frame');
-  if (info.windowSize > limits.maxWindowSize) frameError(`window of ${info.windowSize} bytes exceeds ${limits.maxWindowSize}`);
-  if (info.dictId !== 0) frameError('frame names a dictionary id');
-  if (info.contentSize !== undefined && info.contentSize !== limits.rawSize) {
-    frameError(`frame declares ${info.contentSize} bytes, the manifest ${limits.rawSize}`);
-  }
-  const stream = new zstd.ZstdDecompressStreamBinding();
-  const ddict = dict ? zstd.createDecompressionDict(dict) : undefined;
-  let written = 0;
-  let overflow = false;
-  const sink = (chunk: Uint8Array): void => {
-    if (written + chunk.length > limits.rawSize) {
-      overflow = true;
-      return;
+export class FrameStream {
+  private readonly stream: StreamBinding;
+  private readonly ddict: { delete(): void } | undefined;
+  private readonly pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private fed = 0;
+  private produced = 0;
+  private ended = false;
+  private closed = false;
+  private readonly frameEnd: number;
+  private readonly blocksStart: number;
+
+  constructor(
+    zstd: ZstdBinding,
+    private readonly compressed: Uint8Array,
+    private readonly limits: DecodeLimits,
+    dict?: Uint8Array,
+  ) {
+    const info = inspectFrame(compressed);
+    if (info.end !== compressed.length) frameError('data after the frame');
+    if (info.windowSize > limits.maxWindowSize) frameError(`window of ${info.windowSize} bytes exceeds ${limits.maxWindowSize}`);
+    if (info.dictId !== 0) frameError('frame names a dictionary id');
+    if (info.contentSize !== undefined && info.contentSize !== limits.rawSize) {
+      frameError(`frame declares ${info.contentSize} bytes, the manifest ${limits.rawSize}`);
     }
-    out.set(chunk, written);
-    written += chunk.length;
+    this.frameEnd = info.end;
+    this.blocksStart = info.headerSize;
+    this.stream = new zstd.ZstdDecompressStreamBinding();
+    this.ddict = dict ? zstd.createDecompressionDict(dict) : undefined;
+    if (!(this.ddict ? this.stream.beginUsingDict(this.ddict) : this.stream.begin())) {
+      this.close();
+      frameError('decoder failed to start');
+    }
+  }
+
+  private readonly sink = (chunk: Uint8Array): void => {
+    this.produced += chunk.length;
+    if (this.produced > this.limits.rawSize) return; // reported after transform returns
+    this.pending.push(Buffer.from(chunk));
+    this.pendingBytes += chunk.length;
   };
-  try {
-    if (!(ddict ? stream.beginUsingDict(ddict) : stream.begin())) frameError('decoder failed to start');
-    for (let i = 0; i < compressed.length && !overflow; i += MAX_BLOCK_SIZE) {
-      if (!stream.transform(compressed.subarray(i, i + MAX_BLOCK_SIZE), sink)) frameError('corrupt data');
+
+  /** Feeds the next block (the first feed includes the frame header; the last the checksum). */
+  private feedBlock(): void {
+    const buf = this.compressed;
+    let end: number;
+    if (this.fed === 0) end = this.blocksStart;
+    else end = this.fed;
+    const header = buf[end]! | (buf[end + 1]! << 8) | (buf[end + 2]! << 16);
+    const type = (header >> 1) & 3;
+    end += 3 + (type === 1 ? 1 : header >>> 3);
+    if (header & 1) end = this.frameEnd; // last block: take the checksum too
+    if (!this.stream.transform(buf.subarray(this.fed, end), this.sink)) frameError('corrupt data');
+    this.fed = end;
+    if (this.produced > this.limits.rawSize) frameError(`decodes to more than the ${this.limits.rawSize} bytes the manifest declares`);
+    if (this.fed === this.frameEnd) {
+      if (!this.stream.end(this.sink)) frameError('corrupt data at the end');
+      this.ended = true;
+      if (this.produced > this.limits.rawSize) frameError(`decodes to more than the ${this.limits.rawSize} bytes the manifest declares`);
     }
-    if (!overflow && !stream.end(sink)) frameError('corrupt data at the end');
-  } finally {
-    stream.delete();
-    ddict?.delete();
   }
-  if (overflow) frameError(`decodes to more than the ${limits.rawSize} bytes the manifest declares`);
-  if (written !== limits.rawSize) frameError(`decodes to ${written} bytes, the manifest declares ${limits.rawSize}`);
-  return written;
+
+  /** The next `length` decoded bytes, copied into `into`. */
+  take(length: number, into: Buffer): Buffer {
+    const out = into.subarray(0, length);
+    let at = 0;
+    try {
+      while (at < length) {
+        if (this.pending.length === 0) {
+          if (this.ended) frameError(`decodes to ${this.produced} bytes, fewer than the manifest declares`);
+          this.feedBlock();
+          continue;
+        }
+        const head = this.pending[0]!;
+        const n = Math.min(head.length, length - at);
+        head.copy(out, at, 0, n);
+        at += n;
+        this.pendingBytes -= n;
+        if (n === head.length) this.pending.shift();
+        else this.pending[0] = head.subarray(n);
+      }
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+    return out;
+  }
+
+  /** Everything must have been taken: the frame decodes to exactly rawSize bytes. */
+  finish(): void {
+    try {
+      while (!this.ended && this.pendingBytes === 0) this.feedBlock();
+      if (this.pendingBytes > 0 || this.produced !== this.limits.rawSize) {
+        frameError(`decodes to more than the ${this.limits.rawSize} bytes the manifest declares`);
+      }
+    } finally {
+      this.close();
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stream.delete();
+    this.ddict?.delete();
+  }
+}
+
+/** Decodes a whole frame known to be small (the manifest): take everything, then finish. */
+export function decodeFrame(zstd: ZstdBinding, compressed: Uint8Array, out: Buffer, limits: DecodeLimits, dict?: Uint8Array): Buffer {
+  const frame = new FrameStream(zstd, compressed, limits, dict);
+  const data = frame.take(limits.rawSize, out);
+  frame.finish();
+  return data;
 }
 
 export interface Encoder {
