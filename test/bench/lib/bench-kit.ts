@@ -29,6 +29,8 @@ export function measure(cmd: string, args: string[], options: { timeoutMs?: numb
     const timeArgs = ['-f', '%e %M', '--', 'bash', '-c', 'exec "$@"' + (options.stdoutTo ? ' > "$TANDEM_BENCH_OUT"' : ''), 'bench', cmd, ...args];
     const child = spawn('/usr/bin/time', timeArgs, {
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Own process group, so a timeout kills the measured command too, not just `time`.
+      detached: true,
       cwd: options.cwd ?? REPO,
       env: { ...process.env, ...(options.stdoutTo ? { TANDEM_BENCH_OUT: options.stdoutTo } : {}) },
     });
@@ -36,7 +38,7 @@ export function measure(cmd: string, args: string[], options: { timeoutMs?: numb
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));
     child.stderr.on('data', (c: Buffer) => err.push(c));
-    const timer = options.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), options.timeoutMs) : undefined;
+    const timer = options.timeoutMs ? setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), options.timeoutMs) : undefined;
     child.on('error', reject);
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
