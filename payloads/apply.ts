@@ -130,6 +130,17 @@ async function writeExtents(fh: FileHandle, extents: readonly Extent[], data: Bu
   }
 }
 
+const ZERO_CHUNK = 256 * 1024;
+
+async function writeZeros(fh: FileHandle, extents: readonly Extent[], zeros: Buffer): Promise<void> {
+  for (const [offset, length] of extents) {
+    for (let done = 0; done < length; ) {
+      const { bytesWritten } = await fh.write(zeros, 0, Math.min(zeros.length, length - done), offset + done);
+      done += bytesWritten;
+    }
+  }
+}
+
 /** sha256 of the first `size` bytes of a slot, read in 2 MiB chunks. */
 export async function hashSlot(fh: FileHandle, size: number, onBytes?: (done: number) => void, signal?: AbortSignal): Promise<string> {
   const hash = createHash('sha256');
@@ -188,7 +199,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
     }
 
     const opBuffer = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
-    const zeros = Buffer.alloc(MAX_OPERATION_SIZE);
+    const zeros = Buffer.alloc(ZERO_CHUNK);
     const checkpointEvery = options.checkpointEveryBytes ?? 16 * 1024 * 1024;
     const total = manifest.target.size;
     let done = 0;
@@ -210,7 +221,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
           data = item.data!;
           break;
         case 'ZERO':
-          data = zeros.subarray(0, length);
+          data = zeros;
           break;
         case 'SOURCE_COPY':
         case 'TARGET_COPY': {
@@ -225,7 +236,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
           break;
         }
       }
-      await writeExtents(target, op.dst, data).catch((err: unknown) => {
+      await (op.op === 'ZERO' ? writeZeros(target, op.dst, zeros) : writeExtents(target, op.dst, data)).catch((err: unknown) => {
         throw ioError(err, `write the target slot`);
       });
       bytesWritten += length;

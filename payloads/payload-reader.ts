@@ -26,7 +26,7 @@ import {
 } from './format.ts';
 import { checkManifest, extentsLength } from './manifest-check.ts';
 import { signatureBlockOf, type SignatureBlock } from './signature-block.ts';
-import { decodeFrame, FrameStream, loadZstdCodec } from './zstd.ts';
+import { decodeFrame, FrameStream, loadZstdCodec, type ZstdBinding } from './zstd.ts';
 
 export interface Prelude {
   header: PayloadHeader;
@@ -45,6 +45,8 @@ export interface VerifiedPayload {
   keyring: VerifiedKeyring;
   /** The release key whose signature verified. */
   keyId: string;
+  /** The WebAssembly decoder that decoded the manifest; readOperations reuses it, so an apply holds one 16 MiB heap. */
+  decoder: ZstdBinding;
 }
 
 export interface TrustOptions {
@@ -74,8 +76,8 @@ export async function readPrelude(reader: ByteReader): Promise<Prelude> {
  * header's declared length. Callers verify the signature over the stored
  * bytes first, so the decoder never sees unauthenticated input on a device.
  */
-export async function decodeManifest(prelude: Prelude): Promise<Buffer> {
-  const zstd = await loadZstdCodec();
+export async function decodeManifest(prelude: Prelude, zstd?: ZstdBinding): Promise<Buffer> {
+  zstd ??= await loadZstdCodec();
   const rawSize = prelude.header.manifestRawLength;
   try {
     return decodeFrame(zstd, prelude.manifestBytes, Buffer.allocUnsafe(rawSize), { rawSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
@@ -101,7 +103,8 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
     ...(options.minKeyringVersion === undefined ? {} : { minVersion: options.minKeyringVersion }),
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
-  return { prelude, manifest: parseManifest(await decodeManifest(prelude)), keyring, keyId };
+  const decoder = await loadZstdCodec();
+  return { prelude, manifest: parseManifest(await decodeManifest(prelude, decoder)), keyring, keyId, decoder };
 }
 
 export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {
@@ -167,7 +170,7 @@ export async function* readOperations(
   if (!Number.isSafeInteger(startOp) || startOp < 0 || startOp > manifest.operations.length) {
     throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${startOp} is outside 0..${manifest.operations.length}.`);
   }
-  const zstd = await loadZstdCodec();
+  const zstd = verified.decoder;
   // Fixed buffers for the whole payload: one compressed blob in, one operation out.
   const compressed = Buffer.allocUnsafe(MAX_BLOB_SIZE);
   const output = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
@@ -224,7 +227,7 @@ async function openBlob(
   reader: ByteReader,
   blobIndex: number,
   compressed: Buffer,
-  zstd: Awaited<ReturnType<typeof loadZstdCodec>>,
+  zstd: ZstdBinding,
   options: ReadOperationsOptions,
 ): Promise<FrameStream> {
   const blob = verified.manifest.blobs[blobIndex]!;

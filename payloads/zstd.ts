@@ -22,7 +22,7 @@ interface StreamBinding {
   delete(): void;
 }
 
-interface ZstdBinding {
+export interface ZstdBinding {
   ZstdDecompressStreamBinding: new () => StreamBinding;
   ZstdCompressStreamBinding: new () => StreamBinding;
   createDecompressionDict(bytes: Uint8Array): { delete(): void };
@@ -138,8 +138,10 @@ export interface DecodeLimits {
 export class FrameStream {
   private readonly stream: StreamBinding;
   private readonly ddict: { delete(): void } | undefined;
-  private readonly pending: Buffer[] = [];
-  private pendingBytes = 0;
+  /** Decoded bytes not yet taken: one block's output at a time, in one reused buffer. */
+  private pending = Buffer.allocUnsafe(256 * 1024);
+  private pendingStart = 0;
+  private pendingEnd = 0;
   private fed = 0;
   private produced = 0;
   private ended = false;
@@ -170,11 +172,24 @@ export class FrameStream {
     }
   }
 
+  private get pendingBytes(): number {
+    return this.pendingEnd - this.pendingStart;
+  }
+
   private readonly sink = (chunk: Uint8Array): void => {
     this.produced += chunk.length;
     if (this.produced > this.limits.rawSize) return; // reported after transform returns
-    this.pending.push(Buffer.from(chunk));
-    this.pendingBytes += chunk.length;
+    if (this.pendingEnd + chunk.length > this.pending.length) {
+      // Compact, and grow only if one feed produced more than the buffer holds (it is bounded by a block).
+      const live = this.pending.subarray(this.pendingStart, this.pendingEnd);
+      const target = live.length + chunk.length > this.pending.length ? Buffer.allocUnsafe(2 * (live.length + chunk.length)) : this.pending;
+      live.copy(target, 0);
+      this.pending = target;
+      this.pendingEnd = live.length;
+      this.pendingStart = 0;
+    }
+    this.pending.set(chunk, this.pendingEnd);
+    this.pendingEnd += chunk.length;
   };
 
   /** Feeds the next block (the first feed includes the frame header; the last the checksum). */
@@ -203,18 +218,16 @@ export class FrameStream {
     let at = 0;
     try {
       while (at < length) {
-        if (this.pending.length === 0) {
+        if (this.pendingBytes === 0) {
           if (this.ended) frameError(`decodes to ${this.produced} bytes, fewer than the manifest declares`);
+          this.pendingStart = this.pendingEnd = 0;
           this.feedBlock();
           continue;
         }
-        const head = this.pending[0]!;
-        const n = Math.min(head.length, length - at);
-        head.copy(out, at, 0, n);
+        const n = Math.min(this.pendingBytes, length - at);
+        this.pending.copy(out, at, this.pendingStart, this.pendingStart + n);
         at += n;
-        this.pendingBytes -= n;
-        if (n === head.length) this.pending.shift();
-        else this.pending[0] = head.subarray(n);
+        this.pendingStart += n;
       }
     } catch (err) {
       this.close();

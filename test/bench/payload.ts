@@ -77,8 +77,11 @@ try {
   }
 
   // Peak RSS of apply: the same for 512 MiB and 2 GiB, and bounded above an idle Node process.
-  const idle = await measure(process.execPath, ['-e', '0']);
+  // Two idle baselines: bare Node, and the same CLI with its modules loaded through tsx (no build step) doing nothing.
+  const bare = await measure(process.execPath, ['-e', '0']);
+  const idle = await measure(process.execPath, [TANDEM, 'help']);
   const idleMiB = idle.maxRssKiB / 1024;
+  const bareMiB = bare.maxRssKiB / 1024;
   const rss: Record<string, number> = {};
   for (const mib of [512, 2048]) {
     const image = join(work.path, `synthetic-${mib}.img`);
@@ -91,7 +94,7 @@ try {
     const run = await apply(payload, slot);
     if (run.code !== 0) throw new Error(`synthetic apply failed: ${run.stdout}`);
     rss[mib] = run.maxRssKiB / 1024;
-    emit({ bench: 'apply-rss', imageMiB: mib, maxRssMiB: round(rss[mib]!, 1), idleNodeMiB: round(idleMiB, 1), aboveIdleMiB: round(rss[mib]! - idleMiB, 1), target: '<= 64 above idle', seconds: run.seconds });
+    emit({ bench: 'apply-rss', imageMiB: mib, maxRssMiB: round(rss[mib]!, 1), idleTandemMiB: round(idleMiB, 1), aboveIdleTandemMiB: round(rss[mib]! - idleMiB, 1), bareNodeMiB: round(bareMiB, 1), aboveBareNodeMiB: round(rss[mib]! - bareMiB, 1), target: '<= 64 above idle', seconds: run.seconds });
     await writeFile(slot, '');
     await writeFile(image, '');
   }
