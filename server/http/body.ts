@@ -1,0 +1,57 @@
+/**
+ * Request bodies, read at the edge and checked once (STYLE.md 6): the raw
+ * bytes up to a per-route limit (refused at Content-Length when it says too
+ * much, and counted as they stream when it lies or is absent), then the strict
+ * JSON parser, then the route's ajv validator. Past this, trust the types.
+ */
+import type { Context } from 'koa';
+import { TandemError } from '../../shared/errors.ts';
+import { parseSafeJson } from '../../shared/safe-json.ts';
+import type { Validator } from '../../shared/schema-validator.ts';
+
+export async function readRawBody(ctx: Context, maxBytes: number): Promise<Buffer> {
+  const declared = ctx.request.length;
+  if (declared !== undefined && declared > maxBytes) {
+    throw tooLarge(declared, maxBytes);
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) {
+      // Stop reading; the connection is closed after the error response so the rest is never buffered.
+      ctx.set('Connection', 'close');
+      throw tooLarge(size, maxBytes);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+function tooLarge(size: number, limit: number): TandemError {
+  return new TandemError('ERR_BODY_TOO_LARGE', `The request body exceeds the ${limit}-byte limit of this route.`, { details: { size, limit } });
+}
+
+export function requireJsonContentType(ctx: Context): void {
+  const type = ctx.get('Content-Type');
+  if (type !== '' && !/^application\/json\s*(;|$)/i.test(type)) {
+    throw new TandemError('ERR_UNSUPPORTED_MEDIA_TYPE', 'This route takes application/json.', { details: { contentType: type.slice(0, 100) } });
+  }
+}
+
+export async function readJsonBody<T>(ctx: Context, maxBytes: number, validate: Validator<T>, what: string): Promise<T> {
+  requireJsonContentType(ctx);
+  const raw = await readRawBody(ctx, maxBytes);
+  const json = parseSafeJson(raw, { maxBytes, maxDepth: 16 });
+  return validate(json, what);
+}
+
+/** A query string as a plain object of single strings; a repeated key is refused, not guessed at. */
+export function queryObject(ctx: Context): Record<string, string> {
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [key, value] of new URLSearchParams(ctx.querystring)) {
+    if (key in out) throw new TandemError('ERR_INVALID_ARGUMENT', `Query parameter ${JSON.stringify(key.slice(0, 40))} appears twice.`);
+    out[key] = value;
+  }
+  return out;
+}

@@ -1,0 +1,475 @@
+/**
+ * The embedded store: one SQLite file under the data directory, in WAL mode so
+ * readers never wait for the writer, with synchronous=NORMAL (a power cut may
+ * lose the last transactions but never corrupts the file). better-sqlite3 is
+ * synchronous; each method is one statement or one transaction, short enough
+ * not to matter to the event loop.
+ */
+import Database from 'better-sqlite3';
+import { TandemError } from '../../shared/errors.ts';
+import { MIGRATIONS } from './migrations.ts';
+import type {
+  AdminToken,
+  AuditEntry,
+  CheckRecord,
+  Device,
+  DeviceFailure,
+  DeviceFilter,
+  EnrollmentToken,
+  EventInsertResult,
+  Job,
+  PayloadRecord,
+  Release,
+  ReleaseCandidate,
+  ReleaseStats,
+  Rollout,
+  Store,
+  StoredEvent,
+} from './store.ts';
+
+type Row = Record<string, unknown>;
+
+const str = (v: unknown): string => v as string;
+const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : (v as string));
+const num = (v: unknown): number => Number(v);
+
+function adminTokenOf(r: Row): AdminToken {
+  return {
+    id: str(r.id), name: str(r.name), role: str(r.role) as AdminToken['role'], tokenHash: str(r.token_hash),
+    createdAt: str(r.created_at), createdBy: str(r.created_by), revokedAt: strOrNull(r.revoked_at),
+  };
+}
+
+function enrollmentTokenOf(r: Row): EnrollmentToken {
+  return {
+    id: str(r.id), name: str(r.name), tokenHash: str(r.token_hash), product: str(r.product), channel: str(r.channel),
+    board: strOrNull(r.board), maxUses: r.max_uses === null ? null : num(r.max_uses), uses: num(r.uses),
+    expiresAt: strOrNull(r.expires_at), createdAt: str(r.created_at), createdBy: str(r.created_by), revokedAt: strOrNull(r.revoked_at),
+  };
+}
+
+function deviceOf(r: Row): Device {
+  return {
+    id: str(r.id), product: str(r.product), board: str(r.board), channel: str(r.channel), credentialHash: str(r.credential_hash),
+    enrolledAt: str(r.enrolled_at), enrollmentTokenId: str(r.enrollment_token_id), lastSeenAt: strOrNull(r.last_seen_at),
+    version: strOrNull(r.version), slot: strOrNull(r.slot), pinnedVersion: strOrNull(r.pinned_version), checkCount: num(r.check_count),
+  };
+}
+
+function releaseOf(r: Row): Release {
+  return {
+    id: str(r.id), product: str(r.product), channel: str(r.channel), version: str(r.version),
+    steppingStone: num(r.stepping_stone) === 1, allowDowngrade: num(r.allow_downgrade) === 1,
+    createdAt: str(r.created_at), createdBy: str(r.created_by), notes: strOrNull(r.notes),
+  };
+}
+
+function payloadOf(r: Row): PayloadRecord {
+  return {
+    sha256: str(r.sha256), releaseId: str(r.release_id), board: str(r.board), kind: str(r.kind) as PayloadRecord['kind'],
+    sourceVersion: strOrNull(r.source_version), size: num(r.size), preludeSize: num(r.prelude_size),
+    manifest: r.manifest as Buffer, signatures: str(r.signatures), targetSha256: str(r.target_sha256), targetSize: num(r.target_size),
+    createdAt: str(r.created_at),
+  };
+}
+
+function rolloutOf(r: Row): Rollout {
+  return {
+    releaseId: str(r.release_id), basisPoints: num(r.basis_points), state: str(r.state) as Rollout['state'], salt: str(r.salt),
+    failureThresholdBp: num(r.failure_threshold_bp), minAttempts: num(r.min_attempts), haltReason: strOrNull(r.halt_reason),
+    updatedAt: str(r.updated_at), updatedBy: str(r.updated_by),
+  };
+}
+
+function eventOf(r: Row): StoredEvent {
+  return {
+    deviceId: str(r.device_id), id: str(r.id), type: str(r.type), version: str(r.version), channel: str(r.channel), at: str(r.at),
+    code: strOrNull(r.code), message: strOrNull(r.message), payloadKind: strOrNull(r.payload_kind),
+    progressDone: r.progress_done === null ? null : num(r.progress_done), progressTotal: r.progress_total === null ? null : num(r.progress_total),
+    releaseId: strOrNull(r.release_id), receivedAt: str(r.received_at),
+  };
+}
+
+function jobOf(r: Row): Job {
+  return {
+    id: str(r.id), kind: str(r.kind), state: str(r.state) as Job['state'], releaseId: strOrNull(r.release_id),
+    params: JSON.parse(str(r.params)) as Record<string, unknown>, progress: num(r.progress), message: strOrNull(r.message),
+    error: strOrNull(r.error), createdAt: str(r.created_at), updatedAt: str(r.updated_at),
+  };
+}
+
+const FAILURE_TYPES = new Set(['error', 'rolledBack']);
+const OUTCOME_TYPES = new Set(['error', 'rolledBack', 'committed']);
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite';
+  readonly db: Database.Database;
+  private readonly stmts = new Map<string, Database.Statement>();
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  /** The schema version this file is at, after migrating. */
+  schemaVersion(): number {
+    return num((this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as Row).v);
+  }
+
+  private migrate(): void {
+    this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+    const current = num((this.db.prepare('SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations').get() as Row).v);
+    const newest = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
+    if (current > newest) {
+      throw new TandemError('ERR_CONFIG', `The database schema is version ${current}, newer than this server knows (${newest}); refusing to run an older server on it.`);
+    }
+    for (const m of MIGRATIONS) {
+      if (m.version <= current) continue;
+      this.db.transaction(() => {
+        for (const sql of m.sql) this.db.exec(sql);
+        this.db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, new Date().toISOString());
+      })();
+    }
+  }
+
+  private st(sql: string): Database.Statement {
+    let s = this.stmts.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.stmts.set(sql, s);
+    }
+    return s;
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  // ---- Admin tokens ----------------------------------------------------------
+
+  async createAdminToken(t: AdminToken): Promise<void> {
+    this.st('INSERT INTO admin_tokens (id, name, role, token_hash, created_at, created_by, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(t.id, t.name, t.role, t.tokenHash, t.createdAt, t.createdBy, t.revokedAt);
+  }
+
+  async findAdminTokenByHash(hash: string): Promise<AdminToken | undefined> {
+    const r = this.st('SELECT * FROM admin_tokens WHERE token_hash = ?').get(hash) as Row | undefined;
+    return r && adminTokenOf(r);
+  }
+
+  async listAdminTokens(): Promise<AdminToken[]> {
+    return (this.st('SELECT * FROM admin_tokens ORDER BY created_at, id').all() as Row[]).map(adminTokenOf);
+  }
+
+  async revokeAdminToken(id: string, at: string): Promise<boolean> {
+    return this.st('UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1;
+  }
+
+  // ---- Enrollment tokens -----------------------------------------------------
+
+  async createEnrollmentToken(t: EnrollmentToken): Promise<void> {
+    this.st(`INSERT INTO enrollment_tokens (id, name, token_hash, product, channel, board, max_uses, uses, expires_at, created_at, created_by, revoked_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(t.id, t.name, t.tokenHash, t.product, t.channel, t.board, t.maxUses, t.uses, t.expiresAt, t.createdAt, t.createdBy, t.revokedAt);
+  }
+
+  async findEnrollmentTokenByHash(hash: string): Promise<EnrollmentToken | undefined> {
+    const r = this.st('SELECT * FROM enrollment_tokens WHERE token_hash = ?').get(hash) as Row | undefined;
+    return r && enrollmentTokenOf(r);
+  }
+
+  async listEnrollmentTokens(): Promise<EnrollmentToken[]> {
+    return (this.st('SELECT * FROM enrollment_tokens ORDER BY created_at, id').all() as Row[]).map(enrollmentTokenOf);
+  }
+
+  async revokeEnrollmentToken(id: string, at: string): Promise<boolean> {
+    return this.st('UPDATE enrollment_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1;
+  }
+
+  // ---- Devices ---------------------------------------------------------------
+
+  async enrollDevice(d: Device, tokenId: string, now: string): Promise<void> {
+    this.db.transaction(() => {
+      if (this.st('SELECT 1 FROM devices WHERE id = ?').get(d.id)) {
+        throw new TandemError('ERR_DEVICE_EXISTS', `Device ${d.id} is already enrolled; a release manager must remove it before it enrolls again.`, { details: { deviceId: d.id } });
+      }
+      const taken = this.st(`UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL
+        AND (max_uses IS NULL OR uses < max_uses) AND (expires_at IS NULL OR expires_at > ?)`).run(tokenId, now);
+      if (taken.changes !== 1) throw new TandemError('ERR_ENROLLMENT_TOKEN', 'The enrollment token is revoked, expired or used up.');
+      this.st(`INSERT INTO devices (id, product, board, channel, credential_hash, enrolled_at, enrollment_token_id, last_seen_at, version, slot, pinned_version, check_count)
+        VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, 0)`).run(d.id, d.product, d.board, d.channel, d.credentialHash, d.enrolledAt, tokenId);
+    })();
+  }
+
+  async findDeviceByCredentialHash(hash: string): Promise<Device | undefined> {
+    const r = this.st('SELECT * FROM devices WHERE credential_hash = ?').get(hash) as Row | undefined;
+    return r && deviceOf(r);
+  }
+
+  async getDevice(id: string): Promise<Device | undefined> {
+    const r = this.st('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
+    return r && deviceOf(r);
+  }
+
+  async listDevices(f: DeviceFilter): Promise<Device[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (f.channel !== undefined) { where.push('channel = ?'); args.push(f.channel); }
+    if (f.product !== undefined) { where.push('product = ?'); args.push(f.product); }
+    if (f.version !== undefined) { where.push('version = ?'); args.push(f.version); }
+    if (f.after !== undefined) { where.push('id > ?'); args.push(f.after); }
+    const sql = `SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, f.limit) as Row[]).map(deviceOf);
+  }
+
+  async deleteDevice(id: string): Promise<boolean> {
+    return this.db.transaction(() => {
+      const n = this.st('DELETE FROM devices WHERE id = ?').run(id).changes;
+      this.st('DELETE FROM device_failures WHERE device_id = ?').run(id);
+      return n === 1;
+    })();
+  }
+
+  async setPin(deviceId: string, version: string | null): Promise<boolean> {
+    return this.st('UPDATE devices SET pinned_version = ? WHERE id = ?').run(version, deviceId).changes === 1;
+  }
+
+  async recordCheck(c: CheckRecord): Promise<void> {
+    this.db.transaction(() => {
+      this.st('UPDATE devices SET version = ?, slot = ?, channel = ?, last_seen_at = ?, check_count = check_count + 1 WHERE id = ?')
+        .run(c.version, c.slot, c.channel, c.at, c.deviceId);
+      if (c.offeredReleaseId !== null) {
+        this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(c.deviceId, c.offeredReleaseId, c.at);
+      }
+      for (const v of c.failedVersions) {
+        this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
+          .run(c.deviceId, v, c.at);
+      }
+    })();
+  }
+
+  async activeFailures(deviceId: string): Promise<string[]> {
+    return (this.st('SELECT version FROM device_failures WHERE device_id = ? AND cleared_at IS NULL').all(deviceId) as Row[]).map((r) => str(r.version));
+  }
+
+  async listFailures(deviceId: string): Promise<DeviceFailure[]> {
+    return (this.st('SELECT * FROM device_failures WHERE device_id = ? ORDER BY first_at, version').all(deviceId) as Row[]).map((r) => ({
+      deviceId: str(r.device_id), version: str(r.version), firstAt: str(r.first_at), source: str(r.source) as DeviceFailure['source'],
+      code: strOrNull(r.code), clearedAt: strOrNull(r.cleared_at), clearedBy: strOrNull(r.cleared_by),
+    }));
+  }
+
+  async clearFailure(deviceId: string, version: string, at: string, by: string): Promise<boolean> {
+    return this.st('UPDATE device_failures SET cleared_at = ?, cleared_by = ? WHERE device_id = ? AND version = ? AND cleared_at IS NULL')
+      .run(at, by, deviceId, version).changes === 1;
+  }
+
+  async versionCounts(product: string | undefined, channel: string): Promise<{ product: string; version: string | null; devices: number }[]> {
+    const rows = (product === undefined
+      ? this.st('SELECT product, version, COUNT(*) AS n FROM devices WHERE channel = ? GROUP BY product, version ORDER BY product, version').all(channel)
+      : this.st('SELECT product, version, COUNT(*) AS n FROM devices WHERE channel = ? AND product = ? GROUP BY product, version ORDER BY product, version').all(channel, product)) as Row[];
+    return rows.map((r) => ({ product: str(r.product), version: strOrNull(r.version), devices: num(r.n) }));
+  }
+
+  async countDevices(): Promise<number> {
+    return num((this.st('SELECT COUNT(*) AS n FROM devices').get() as Row).n);
+  }
+
+  // ---- Releases, payloads, rollouts -------------------------------------------
+
+  async createRelease(r: Release, o: Rollout): Promise<void> {
+    this.db.transaction(() => {
+      if (this.st('SELECT 1 FROM releases WHERE product = ? AND channel = ? AND version = ?').get(r.product, r.channel, r.version)) {
+        throw new TandemError('ERR_RELEASE_EXISTS', `Release ${r.product} ${r.version} already exists on channel ${r.channel}.`, {
+          details: { product: r.product, channel: r.channel, version: r.version },
+        });
+      }
+      this.st(`INSERT INTO releases (id, product, channel, version, stepping_stone, allow_downgrade, created_at, created_by, notes)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(r.id, r.product, r.channel, r.version, r.steppingStone ? 1 : 0, r.allowDowngrade ? 1 : 0, r.createdAt, r.createdBy, r.notes);
+      this.st(`INSERT INTO rollouts (release_id, basis_points, state, salt, failure_threshold_bp, min_attempts, halt_reason, updated_at, updated_by)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(r.id, o.basisPoints, o.state, o.salt, o.failureThresholdBp, o.minAttempts, o.haltReason, o.updatedAt, o.updatedBy);
+    })();
+  }
+
+  async getRelease(id: string): Promise<Release | undefined> {
+    const r = this.st('SELECT * FROM releases WHERE id = ?').get(id) as Row | undefined;
+    return r && releaseOf(r);
+  }
+
+  async findReleases(q: { product?: string; channel?: string; version?: string }): Promise<Release[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.product !== undefined) { where.push('product = ?'); args.push(q.product); }
+    if (q.channel !== undefined) { where.push('channel = ?'); args.push(q.channel); }
+    if (q.version !== undefined) { where.push('version = ?'); args.push(q.version); }
+    const sql = `SELECT * FROM releases ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map(releaseOf);
+  }
+
+  async updateRelease(id: string, patch: Partial<Pick<Release, 'steppingStone' | 'allowDowngrade' | 'notes'>>): Promise<void> {
+    this.db.transaction(() => {
+      if (patch.steppingStone !== undefined) this.st('UPDATE releases SET stepping_stone = ? WHERE id = ?').run(patch.steppingStone ? 1 : 0, id);
+      if (patch.allowDowngrade !== undefined) this.st('UPDATE releases SET allow_downgrade = ? WHERE id = ?').run(patch.allowDowngrade ? 1 : 0, id);
+      if (patch.notes !== undefined) this.st('UPDATE releases SET notes = ? WHERE id = ?').run(patch.notes, id);
+    })();
+  }
+
+  async addPayload(p: PayloadRecord): Promise<void> {
+    this.st(`INSERT INTO payloads (sha256, release_id, board, kind, source_version, size, prelude_size, manifest, signatures, target_sha256, target_size, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
+      .run(p.sha256, p.releaseId, p.board, p.kind, p.sourceVersion, p.size, p.preludeSize, p.manifest, p.signatures, p.targetSha256, p.targetSize, p.createdAt);
+  }
+
+  async listPayloads(releaseId: string): Promise<PayloadRecord[]> {
+    return (this.st('SELECT * FROM payloads WHERE release_id = ? ORDER BY board, kind, source_version').all(releaseId) as Row[]).map(payloadOf);
+  }
+
+  async getPayload(sha256: string): Promise<PayloadRecord | undefined> {
+    const r = this.st('SELECT * FROM payloads WHERE sha256 = ?').get(sha256) as Row | undefined;
+    return r && payloadOf(r);
+  }
+
+  async candidates(product: string, channel: string, board: string): Promise<ReleaseCandidate[]> {
+    const releases = this.st(`SELECT r.*, o.basis_points, o.state, o.salt, o.failure_threshold_bp, o.min_attempts, o.halt_reason, o.updated_at, o.updated_by
+      FROM releases r JOIN rollouts o ON o.release_id = r.id WHERE r.product = ? AND r.channel = ?`).all(product, channel) as Row[];
+    if (releases.length === 0) return [];
+    const payloads = this.st(`SELECT p.* FROM payloads p JOIN releases r ON r.id = p.release_id
+      WHERE r.product = ? AND r.channel = ? AND p.board = ?`).all(product, channel, board) as Row[];
+    const byRelease = new Map<string, PayloadRecord[]>();
+    for (const row of payloads) {
+      const p = payloadOf(row);
+      const list = byRelease.get(p.releaseId) ?? [];
+      list.push(p);
+      byRelease.set(p.releaseId, list);
+    }
+    return releases.map((row) => ({ release: releaseOf(row), rollout: rolloutOf({ ...row, release_id: row.id }), payloads: byRelease.get(str(row.id)) ?? [] }));
+  }
+
+  async getRollout(releaseId: string): Promise<Rollout | undefined> {
+    const r = this.st('SELECT * FROM rollouts WHERE release_id = ?').get(releaseId) as Row | undefined;
+    return r && rolloutOf(r);
+  }
+
+  async updateRollout(releaseId: string, patch: Partial<Omit<Rollout, 'releaseId' | 'salt'>>): Promise<Rollout> {
+    const columns: Record<string, string> = {
+      basisPoints: 'basis_points', state: 'state', failureThresholdBp: 'failure_threshold_bp', minAttempts: 'min_attempts',
+      haltReason: 'halt_reason', updatedAt: 'updated_at', updatedBy: 'updated_by',
+    };
+    const sets: string[] = [];
+    const args: unknown[] = [];
+    for (const [key, column] of Object.entries(columns)) {
+      const value = (patch as Record<string, unknown>)[key];
+      if (value !== undefined) { sets.push(`${column} = ?`); args.push(value); }
+    }
+    if (sets.length > 0) this.db.prepare(`UPDATE rollouts SET ${sets.join(', ')} WHERE release_id = ?`).run(...args, releaseId);
+    const r = await this.getRollout(releaseId);
+    if (!r) throw new TandemError('ERR_NOT_FOUND', `No rollout for release ${releaseId}.`);
+    return r;
+  }
+
+  // ---- Events ----------------------------------------------------------------
+
+  async insertEvents(deviceId: string, events: StoredEvent[]): Promise<EventInsertResult> {
+    return this.db.transaction(() => {
+      let accepted = 0;
+      let duplicates = 0;
+      const outcomes = new Set<string>();
+      for (const e of events) {
+        const existing = this.st('SELECT * FROM events WHERE device_id = ? AND id = ?').get(deviceId, e.id) as Row | undefined;
+        if (existing) {
+          const prior = eventOf(existing);
+          // A retry carries the same report; the same id with other content is a different claim, refused whole.
+          if (prior.type !== e.type || prior.version !== e.version || prior.channel !== e.channel || prior.at !== e.at || prior.code !== e.code) {
+            throw new TandemError('ERR_EVENT_CONFLICT', `Event ${e.id} was already reported with different content.`, { details: { eventId: e.id } });
+          }
+          duplicates++;
+          continue;
+        }
+        this.st(`INSERT INTO events (device_id, id, type, version, channel, at, code, message, payload_kind, progress_done, progress_total, release_id, received_at)
+          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+          .run(deviceId, e.id, e.type, e.version, e.channel, e.at, e.code, e.message, e.payloadKind, e.progressDone, e.progressTotal, e.releaseId, e.receivedAt);
+        accepted++;
+        if (FAILURE_TYPES.has(e.type)) {
+          this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'event', ?) ON CONFLICT DO NOTHING")
+            .run(deviceId, e.version, e.receivedAt, e.code);
+        }
+        if (OUTCOME_TYPES.has(e.type) && e.releaseId !== null) outcomes.add(e.releaseId);
+      }
+      return { accepted, duplicates, outcomeReleases: [...outcomes] };
+    })();
+  }
+
+  async releaseStats(releaseId: string): Promise<ReleaseStats> {
+    const stats: ReleaseStats = {
+      offered: num((this.st('SELECT COUNT(*) AS n FROM offers WHERE release_id = ?').get(releaseId) as Row).n),
+      downloading: 0, installed: 0, rebooting: 0, committed: 0, rolledBack: 0, errors: 0, attempts: 0, failures: 0, errorsByCode: {},
+    };
+    const byType = this.st('SELECT type, COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? GROUP BY type').all(releaseId) as Row[];
+    for (const r of byType) {
+      const n = num(r.n);
+      switch (str(r.type)) {
+        case 'downloading': stats.downloading = n; break;
+        case 'installed': stats.installed = n; break;
+        case 'rebooting': stats.rebooting = n; break;
+        case 'committed': stats.committed = n; break;
+        case 'rolledBack': stats.rolledBack = n; break;
+        case 'error': stats.errors = n; break;
+      }
+    }
+    stats.attempts = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('committed', 'rolledBack', 'error')`).get(releaseId) as Row).n);
+    stats.failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('rolledBack', 'error')`).get(releaseId) as Row).n);
+    const codes = this.st(`SELECT COALESCE(code, 'ERR_UNKNOWN') AS code, COUNT(DISTINCT device_id) AS n FROM events
+      WHERE release_id = ? AND type IN ('rolledBack', 'error') GROUP BY COALESCE(code, 'ERR_UNKNOWN')`).all(releaseId) as Row[];
+    for (const r of codes) stats.errorsByCode[str(r.code)] = num(r.n);
+    return stats;
+  }
+
+  async deviceEvents(deviceId: string, limit: number): Promise<StoredEvent[]> {
+    return (this.st('SELECT * FROM events WHERE device_id = ? ORDER BY received_at DESC, at DESC LIMIT ?').all(deviceId, limit) as Row[]).map(eventOf);
+  }
+
+  // ---- Audit and jobs ---------------------------------------------------------
+
+  async audit(e: AuditEntry): Promise<void> {
+    this.st('INSERT INTO audit_log (at, actor, action, target, details) VALUES (?, ?, ?, ?, ?)').run(e.at, e.actor, e.action, e.target, JSON.stringify(e.details));
+  }
+
+  async listAudit(limit: number): Promise<AuditEntry[]> {
+    return (this.st('SELECT * FROM audit_log ORDER BY id DESC LIMIT ?').all(limit) as Row[]).map((r) => ({
+      id: num(r.id), at: str(r.at), actor: str(r.actor), action: str(r.action), target: str(r.target),
+      details: JSON.parse(str(r.details)) as Record<string, unknown>,
+    }));
+  }
+
+  async createJob(j: Job): Promise<void> {
+    this.st(`INSERT INTO jobs (id, kind, state, release_id, params, progress, message, error, created_at, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(j.id, j.kind, j.state, j.releaseId, JSON.stringify(j.params), j.progress, j.message, j.error, j.createdAt, j.updatedAt);
+  }
+
+  async updateJob(id: string, patch: Partial<Pick<Job, 'state' | 'progress' | 'message' | 'error' | 'updatedAt'>>): Promise<void> {
+    const sets: string[] = [];
+    const args: unknown[] = [];
+    for (const key of ['state', 'progress', 'message', 'error'] as const) {
+      if (patch[key] !== undefined) { sets.push(`${key} = ?`); args.push(patch[key]); }
+    }
+    sets.push('updated_at = ?');
+    args.push(patch.updatedAt ?? new Date().toISOString());
+    this.db.prepare(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args, id);
+  }
+
+  async getJob(id: string): Promise<Job | undefined> {
+    const r = this.st('SELECT * FROM jobs WHERE id = ?').get(id) as Row | undefined;
+    return r && jobOf(r);
+  }
+
+  async listJobs(limit: number): Promise<Job[]> {
+    return (this.st('SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ?').all(limit) as Row[]).map(jobOf);
+  }
+}
