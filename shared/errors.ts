@@ -140,7 +140,8 @@ export function isTandemError(err: unknown, code?: ErrorCode): err is TandemErro
 /** Anything thrown becomes a TandemError; unknown failures become ERR_INTERNAL with no internals exposed. */
 export function toTandemError(err: unknown): TandemError {
   if (err instanceof TandemError) return err;
-  if (err instanceof Error && err.name === 'AbortError') {
+  // On Node 20 an abort reason is a DOMException, which is not an instance of Error.
+  if ((err as { name?: unknown } | null)?.name === 'AbortError') {
     return new TandemError('ERR_ABORTED', 'The operation was aborted.', { cause: err });
   }
   return new TandemError('ERR_INTERNAL', 'Internal error.', { cause: err });

@@ -156,9 +156,17 @@ export function verifyKeyring(doc: unknown, trust: RootTrust, opts: { now: Date;
   };
 }
 
+// Deriving the key id exports the public key (about 1 ms); a signing server does it once per key, not per response.
+const keyIds = new WeakMap<KeyObject, string>();
+
 export function signBytes(bytes: Uint8Array, privateKey: KeyObject, domain: string): KeyringSignature {
   const message = withDomain(checkDetachedDomain(domain), bytes);
-  return { keyId: keyIdOf(rawPublicKeyOf(privateKey)), signature: sign(privateKey, message).toString('base64') };
+  let keyId = keyIds.get(privateKey);
+  if (keyId === undefined) {
+    keyId = keyIdOf(rawPublicKeyOf(privateKey));
+    keyIds.set(privateKey, keyId);
+  }
+  return { keyId, signature: sign(privateKey, message).toString('base64') };
 }
 
 // How far a signature got before it failed: the furthest is the most specific error.
