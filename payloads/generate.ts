@@ -18,9 +18,10 @@ import { signBytes, type KeyringDocument } from '../shared/keyring.ts';
 import { parseVersion } from '../shared/versions.ts';
 import type { Blob, Extent, Manifest, Operation } from '../shared/schemas/manifest.ts';
 import { BlockIndex, fingerprint } from './block-index.ts';
-import { BLOCK_SIZE, encodeHeader, MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_SIZE, MAX_OPERATION_SIZE, MAX_WINDOW_LOG } from './format.ts';
+import { BLOCK_SIZE, encodeHeader, MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_SIZE, MAX_DICT_WINDOW_LOG, MAX_OPERATION_SIZE, MAX_WINDOW_LOG } from './format.ts';
 import { parseManifest } from './payload-reader.ts';
 import { encodeSignatureBlock } from './signature-block.ts';
+import { PatchPlanner, sha256Of, type Candidate, type LiteralOp } from './patch-planner.ts';
 import { createEncoder, type Encoder } from './zstd.ts';
 
 export interface CreatePayloadOptions {
@@ -55,6 +56,8 @@ export interface PayloadStats {
   sourceCopyBytes: number;
   targetCopyBytes: number;
   literalBytes: number;
+  /** Literal bytes sent as PATCH against source bytes (part of literalBytes). */
+  patchBytes: number;
   compressedBytes: number;
   operations: number;
   blobs: number;
@@ -100,6 +103,12 @@ async function readFully(fh: FileHandle, buf: Buffer, length: number, position: 
   return done;
 }
 
+async function readBack(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  const n = await readFully(fh, buf, length, offset);
+  return buf.subarray(0, n);
+}
+
 /** Hashes a whole image and indexes its full, non-zero blocks. */
 async function indexSource(fh: FileHandle, size: number, options: CreatePayloadOptions): Promise<{ index: BlockIndex; sha256: string }> {
   const index = new BlockIndex(Math.ceil(size / BLOCK_SIZE));
@@ -120,10 +129,7 @@ async function indexSource(fh: FileHandle, size: number, options: CreatePayloadO
   return { index, sha256: hash.digest('hex') };
 }
 
-interface LiteralOperation {
-  op: { op: 'REPLACE'; blob: number; dst: Extent[]; sha256: string };
-  bytes: Buffer;
-}
+type LiteralOperation = LiteralOp;
 
 /** Raw bytes gathered before a blob is sealed; adapts to the compression ratio seen so far. */
 const FIRST_BLOB_RAW = 32 * 1024 * 1024;
@@ -159,23 +165,31 @@ class BlobWriter {
     return Math.max(MIN_BLOB_RAW, Math.min(MAX_BLOB_RAW, Math.floor(BLOB_TARGET * this.ratio)));
   }
 
-  private async encodeFitting(ops: LiteralOperation[]): Promise<{ ops: LiteralOperation[]; bytes: Buffer; raw: number }[]> {
+  private async encodeFitting(ops: LiteralOperation[], dict?: Buffer): Promise<{ ops: LiteralOperation[]; bytes: Buffer; raw: number }[]> {
     const raw = Buffer.concat(ops.map((o) => o.bytes));
-    const bytes = await this.encoder.encode(raw, { windowLog: MAX_WINDOW_LOG });
+    const bytes = dict
+      ? await this.encoder.encode(raw, { windowLog: MAX_DICT_WINDOW_LOG, dict })
+      : await this.encoder.encode(raw, { windowLog: MAX_WINDOW_LOG });
     if (bytes.length <= MAX_BLOB_SIZE || ops.length === 1) return [{ ops, bytes, raw: raw.length }];
     const half = ops.length >> 1;
     const [a, b] = await Promise.all([this.encodeFitting(ops.slice(0, half)), this.encodeFitting(ops.slice(half))]);
     return [...a, ...b];
   }
 
-  async add(ops: LiteralOperation[]): Promise<void> {
-    const encoded = this.encodeFitting(ops);
+  /** Appends a blob for `ops` (or several, split to fit); a PATCH group brings its source dictionary. */
+  async add(ops: LiteralOperation[], dict?: { extents: Extent[]; bytes: Buffer }): Promise<void> {
+    const encoded = this.encodeFitting(ops, dict?.bytes);
     // Blob indexes and appends follow operation order whatever order the encodings finish in.
     this.chain = this.chain.then(async () => {
       for (const part of await encoded) {
         const index = this.blobs.length;
         for (const { op } of part.ops) op.blob = index;
-        this.blobs.push({ size: part.bytes.length, sha256: createHash('sha256').update(part.bytes).digest('hex'), rawSize: part.raw });
+        this.blobs.push({
+          size: part.bytes.length,
+          sha256: sha256Of(part.bytes),
+          rawSize: part.raw,
+          ...(dict ? { dict: dict.extents, dictSha256: sha256Of(dict.bytes) } : {}),
+        });
         await this.data.write(part.bytes, 0, part.bytes.length, this.dataOffset);
         this.dataOffset += part.bytes.length;
         this.ratio = part.raw / part.bytes.length;
@@ -218,20 +232,28 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
 
     const blobs = new BlobWriter(encoder, data, Math.max(1, options.concurrency ?? 2));
     const operations: Operation[] = [];
-    const stats: PayloadStats = { zeroBytes: 0, sourceCopyBytes: 0, targetCopyBytes: 0, literalBytes: 0, compressedBytes: 0, operations: 0, blobs: 0, manifestBytes: 0, manifestJsonBytes: 0 };
+    const stats: PayloadStats = { zeroBytes: 0, sourceCopyBytes: 0, targetCopyBytes: 0, literalBytes: 0, patchBytes: 0, compressedBytes: 0, operations: 0, blobs: 0, manifestBytes: 0, manifestJsonBytes: 0 };
     const targetIndex = new BlockIndex(Math.ceil(targetSize / BLOCK_SIZE));
     const targetHash = createHash('sha256');
     const compare = Buffer.allocUnsafe(BLOCK_SIZE);
-    let pendingLiterals: LiteralOperation[] = [];
+    // Literal operations wait here until the blob they would join is sealed; in a delta
+    // the patch planner first takes those that compress better against the source.
+    let pendingLiterals: Candidate[] = [];
     let pendingRaw = 0;
     let open_: OpenOperation | undefined;
+    let lastSourceEnd = -1;
+    const planner =
+      source && encoder.name.startsWith('zstd-native')
+        ? new PatchPlanner(encoder, ([offset, length]) => readBack(source!, offset, length), sourceRef!.size)
+        : undefined;
 
     const sealBlob = async (): Promise<void> => {
       if (pendingLiterals.length === 0) return;
-      const ops = pendingLiterals;
+      const batch = pendingLiterals;
       pendingLiterals = [];
       pendingRaw = 0;
-      await blobs.add(ops);
+      const ops = planner ? await planner.decide(batch) : batch;
+      if (ops.length > 0) await blobs.add(ops);
     };
 
     const flush = async (): Promise<void> => {
@@ -249,8 +271,16 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
           const sha256 = createHash('sha256');
           for (const c of op.chunks) sha256.update(c);
           operations.push({ op: op.kind, src: op.src, dst, sha256: sha256.digest('hex') });
-          if (op.kind === 'SOURCE_COPY') stats.sourceCopyBytes += op.length;
-          else stats.targetCopyBytes += op.length;
+          if (op.kind === 'SOURCE_COPY') {
+            stats.sourceCopyBytes += op.length;
+            for (let i = pendingLiterals.length - 1; i >= 0 && pendingLiterals[i]!.nextSourceStart === undefined; i--) {
+              pendingLiterals[i]!.nextSourceStart = op.src[0]![0];
+            }
+            const last = op.src[op.src.length - 1]!;
+            lastSourceEnd = last[0] + last[1];
+          } else {
+            stats.targetCopyBytes += op.length;
+          }
           return;
         }
         case 'LITERAL': {
@@ -258,7 +288,7 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
           const bytes = Buffer.concat(op.chunks, op.length);
           const replace = { op: 'REPLACE' as const, blob: -1, dst, sha256: createHash('sha256').update(bytes).digest('hex') };
           operations.push(replace);
-          pendingLiterals.push({ op: replace, bytes });
+          pendingLiterals.push({ op: replace, bytes, prevSourceEnd: lastSourceEnd });
           pendingRaw += op.length;
           stats.literalBytes += op.length;
           return;
@@ -334,6 +364,20 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
     }
     await flush();
     await sealBlob();
+    let finalOperations = operations;
+    if (planner && planner.patched.length > 0) {
+      // PATCH blobs follow every REPLACE blob, so PATCH operations follow every REPLACE; TARGET_COPY
+      // may read what a PATCH wrote, so copies within the target go last (FORMAT.md: any order that
+      // reads only written bytes is valid).
+      for (const group of planner.groups()) {
+        const dictBytes = Buffer.concat(await Promise.all(group.dict.map(([offset, length]) => readBack(source!, offset, length))));
+        await blobs.add(group.ops, { extents: group.dict, bytes: dictBytes });
+      }
+      const patches = operations.filter((o) => o.op === 'PATCH');
+      const copies = operations.filter((o) => o.op === 'TARGET_COPY');
+      finalOperations = [...operations.filter((o) => o.op !== 'PATCH' && o.op !== 'TARGET_COPY'), ...patches, ...copies];
+      stats.patchBytes = patches.reduce((n, o) => n + o.dst.reduce((m, [, l]) => m + l, 0), 0);
+    }
     const dataSize = await blobs.finish();
 
     const manifest: Manifest = {
@@ -349,7 +393,7 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
       target: { size: targetSize, sha256: targetHash.digest('hex') },
       dataSize,
       blobs: blobs.blobs,
-      operations,
+      operations: finalOperations,
     };
     const manifestJson = canonicalBytes(manifest);
     if (manifestJson.length > MANIFEST_MAX_BYTES) {
@@ -363,7 +407,7 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
       keyring: options.keyring,
       signatures: [signBytes(manifestBytes, options.signer, MANIFEST_SIGNATURE_DOMAIN)],
     });
-    Object.assign(stats, { compressedBytes: dataSize, operations: operations.length, blobs: blobs.blobs.length, manifestBytes: manifestBytes.length, manifestJsonBytes: manifestJson.length });
+    Object.assign(stats, { compressedBytes: dataSize, operations: finalOperations.length, blobs: blobs.blobs.length, manifestBytes: manifestBytes.length, manifestJsonBytes: manifestJson.length });
 
     // Assemble: header, manifest, signatures, then the data section streamed from the temp file.
     const out = await open(tmpPath, 'w', 0o644);
