@@ -19,8 +19,9 @@ try {
   const keys = await generateKeySet(join(work.path, 'keys'));
   const create = (args: string[], out: string) =>
     measure(process.execPath, [TANDEM, 'payload', 'create', ...args, '--version', '1.1.0', '--board', 'bench', '--key', keys.releaseKey, '--keyring', keys.keyring, '--out', out, '--json']);
+  // As the installed `tandem` runs it (its shebang sets a 1 MiB young generation).
   const apply = (payload: string, target: string, source?: string) =>
-    measure(process.execPath, [TANDEM, 'payload', 'apply', payload, '--target', target, '--root', keys.rootPub, ...(source ? ['--source', source] : []), '--json']);
+    measure(process.execPath, ['--max-semi-space-size=1', TANDEM, 'payload', 'apply', payload, '--target', target, '--root', keys.rootPub, ...(source ? ['--source', source] : []), '--json']);
 
   const images = await fixtureImages();
   if ('skipped' in images) {
@@ -79,7 +80,7 @@ try {
   // Peak RSS of apply: the same for 512 MiB and 2 GiB, and bounded above an idle Node process.
   // Two idle baselines: bare Node, and the same CLI with its modules loaded through tsx (no build step) doing nothing.
   const bare = await measure(process.execPath, ['-e', '0']);
-  const idle = await measure(process.execPath, [TANDEM, 'help']);
+  const idle = await measure(process.execPath, ['--max-semi-space-size=1', TANDEM, 'help']);
   const idleMiB = idle.maxRssKiB / 1024;
   const bareMiB = bare.maxRssKiB / 1024;
   const rss: Record<string, number> = {};
