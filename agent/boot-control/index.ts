@@ -11,8 +11,10 @@ import { createGrubBootControl } from './grub-backend.ts';
 import type { GrubBootControlConfig } from './grub-backend.ts';
 import { createUBootBootControl } from './uboot-backend.ts';
 import type { UBootBootControlConfig } from './uboot-backend.ts';
+import { createSystemdBootControl } from './systemd-boot-backend.ts';
+import type { SystemdBootControlConfig } from './systemd-boot-backend.ts';
 
-export type BootControlConfig = FileBootControlConfig | GrubBootControlConfig | UBootBootControlConfig;
+export type BootControlConfig = FileBootControlConfig | GrubBootControlConfig | UBootBootControlConfig | SystemdBootControlConfig;
 
 export type { BootControl, BootState, Slot } from './boot-control.ts';
 export { MAX_TRIES, SLOTS, isSlot, otherSlot } from './boot-control.ts';
@@ -30,6 +32,8 @@ export function createBootControl(config: BootControlConfig): BootControl {
         return createGrubBootControl(config);
       case 'uboot':
         return createUBootBootControl(config);
+      case 'systemd-boot':
+        return createSystemdBootControl(config);
       default:
         throw new TandemError('ERR_BOOTENV_CONFIG', `Unknown boot-control kind ${JSON.stringify((config as { kind: unknown }).kind)}.`);
     }

@@ -1,0 +1,185 @@
+/**
+ * Step 1, check (DESIGN.md "Device protocol", "Keys and trust"): ask the
+ * server, then believe nothing it says until it is proven. The response must
+ * match the protocol schema, carry a keyring signed by the pinned (or adopted)
+ * root keys and not older than the newest seen, be signed by a server key of
+ * that keyring over its canonical bytes, echo our nonce and device id, and be
+ * unexpired. An offered manifest must be signed by a release key and pass the
+ * install policy (board, product, version, failed versions, delta source)
+ * before a byte is downloaded.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { Dispatcher } from 'undici';
+import { canonicalBytes } from '../../shared/canonical-json.ts';
+import { TandemError } from '../../shared/errors.ts';
+import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../../shared/keyring.ts';
+import { decodeBase64Strict } from '../../shared/keys.ts';
+import type { Manifest } from '../../shared/schemas/manifest.ts';
+import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type CheckResponseBody, type UpdateOffer } from '../../shared/schemas/protocol.ts';
+import { MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_WINDOW_LOG } from '../../payloads/format.ts';
+import { parseManifest } from '../../payloads/payload-reader.ts';
+import { decodeFrame, inspectFrame, loadZstdCodec } from '../../payloads/zstd.ts';
+import { callJson } from '../http.ts';
+import type { Slot } from '../boot-control/index.ts';
+import { checkInstallPolicy } from './apply.ts';
+
+export interface CheckInput {
+  server: string;
+  credential?: string;
+  request: Omit<CheckRequest, 'nonce'>;
+  trust: RootTrust;
+  minKeyringVersion?: number;
+  maxResponseBytes: number;
+  dispatcher: Dispatcher;
+  now?: () => Date;
+  signal?: AbortSignal;
+  /** Tolerated clock difference for issuedAt in the future (seconds). */
+  clockSkewSeconds?: number;
+}
+
+export interface VerifiedOffer {
+  offer: UpdateOffer;
+  manifest: Manifest;
+  manifestBytes: Buffer;
+  manifestSha256: string;
+  payloadUrl: string;
+}
+
+export interface CheckResult {
+  pollAfterSeconds: number;
+  keyring: VerifiedKeyring;
+  update?: VerifiedOffer;
+}
+
+export function newNonce(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+export async function runCheck(input: CheckInput): Promise<CheckResult> {
+  const nonce = newNonce();
+  const body: CheckRequest = { ...input.request, nonce };
+  const url = `${input.server}/v1/check`;
+  const { json } = await callJson({
+    method: 'POST',
+    url,
+    body,
+    ...(input.credential !== undefined ? { credential: input.credential } : {}),
+    maxBytes: input.maxResponseBytes,
+    dispatcher: input.dispatcher,
+    ...(input.signal ? { signal: input.signal } : {}),
+  });
+  return verifyCheckResponse(json, {
+    nonce,
+    deviceId: input.request.deviceId,
+    trust: input.trust,
+    now: (input.now ?? (() => new Date()))(),
+    server: input.server,
+    clockSkewSeconds: input.clockSkewSeconds ?? 300,
+    ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
+  });
+}
+
+export interface ResponseExpectations {
+  nonce: string;
+  deviceId: string;
+  trust: RootTrust;
+  minKeyringVersion?: number;
+  now: Date;
+  server: string;
+  clockSkewSeconds: number;
+}
+
+/** Every check a response must pass, in the order that reveals the least to an attacker. */
+export async function verifyCheckResponse(json: unknown, expect: ResponseExpectations): Promise<CheckResult> {
+  const response = validateCheckResponse(json, 'check response');
+  const { body } = response;
+  const keyring = verifyKeyring(body.keyring, expect.trust, {
+    now: expect.now,
+    ...(expect.minKeyringVersion !== undefined ? { minVersion: expect.minKeyringVersion } : {}),
+  });
+  verifySignedBytes(canonicalBytes(body), [response.signature], keyring, CHECK_RESPONSE_DOMAIN, expect.now, 'server');
+  if (body.nonce !== expect.nonce) {
+    throw new TandemError('ERR_NONCE_MISMATCH', 'The check response answers another request (its nonce is not ours): a replayed response.', {
+      details: { expected: expect.nonce, got: body.nonce },
+    });
+  }
+  if (body.deviceId !== expect.deviceId) {
+    throw new TandemError('ERR_DEVICE_MISMATCH', `The check response is for device ${body.deviceId}, not ${expect.deviceId}.`);
+  }
+  checkFreshness(body, expect.now, expect.clockSkewSeconds);
+  const result: CheckResult = { pollAfterSeconds: body.pollAfterSeconds, keyring };
+  if (body.result === 'update' && body.update) result.update = await verifyOffer(body.update, keyring, expect.now, expect.server);
+  return result;
+}
+
+function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number): void {
+  const expires = Date.parse(body.expires);
+  const issued = Date.parse(body.issuedAt);
+  if (!(now.getTime() < expires)) {
+    throw new TandemError('ERR_RESPONSE_EXPIRED', `The check response expired at ${body.expires} (now ${now.toISOString()}): a frozen or replayed response.`, {
+      details: { expires: body.expires },
+    });
+  }
+  if (!(issued <= now.getTime() + skewSeconds * 1000) || !(issued < expires)) {
+    throw new TandemError('ERR_RESPONSE_EXPIRED', `The check response claims to be issued at ${body.issuedAt}, in the future or after it expires.`, {
+      details: { issuedAt: body.issuedAt },
+    });
+  }
+}
+
+/**
+ * The manifest as stored in a payload and signed: a zstd frame of its canonical
+ * JSON (format v1). Decoded only after its signature verified, bounded by the
+ * content size its frame header declares.
+ */
+async function decodeOfferedManifest(stored: Buffer): Promise<Buffer> {
+  if (stored.length < 4 || stored.readUInt32LE(0) !== 0xfd2fb528) return stored;
+  try {
+    const { contentSize } = inspectFrame(stored);
+    if (contentSize === undefined || contentSize > MANIFEST_MAX_BYTES) {
+      throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its zstd frame does not declare a bounded size.');
+    }
+    return decodeFrame(await loadZstdCodec(), stored, Buffer.allocUnsafe(contentSize), { rawSize: contentSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
+  } catch (cause) {
+    if (cause instanceof TandemError && cause.code === 'ERR_MANIFEST_INVALID') throw cause;
+    throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
+  }
+}
+
+async function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, now: Date, server: string): Promise<VerifiedOffer> {
+  const manifestBytes = decodeBase64Strict(offer.manifest);
+  if (manifestBytes === undefined) throw new TandemError('ERR_OFFER_MISMATCH', 'The offered manifest is not canonical base64.');
+  verifySignedBytes(manifestBytes, offer.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now, 'release');
+  const manifest = parseManifest(await decodeOfferedManifest(manifestBytes));
+  const mismatch = (what: string): never => {
+    throw new TandemError('ERR_OFFER_MISMATCH', `The offer's ${what} disagrees with its signed manifest.`, { details: { field: what } });
+  };
+  if (manifest.version !== offer.version) mismatch('version');
+  if (manifest.kind !== offer.payload.kind) mismatch('payload kind');
+  if (manifest.kind === 'delta' && offer.payload.sourceVersion !== undefined && offer.payload.sourceVersion !== manifest.source!.version) mismatch('source version');
+  // The signed manifest fixes the data section; with the prelude it fixes every byte the download may carry.
+  if (offer.payload.size !== offer.payload.preludeSize + manifest.dataSize) mismatch('payload size');
+  let payloadUrl: string;
+  try {
+    payloadUrl = new URL(offer.payload.url, `${server}/`).href;
+  } catch {
+    return mismatch('payload url');
+  }
+  if (!/^https?:$/.test(new URL(payloadUrl).protocol)) mismatch('payload url');
+  return { offer, manifest, manifestBytes, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), payloadUrl };
+}
+
+export interface PolicyContext {
+  board: string;
+  product: string;
+  currentVersion: string;
+  failedVersions: readonly string[];
+  bootedSlot: Slot;
+  /** Slot capacity in bytes when known (block devices). */
+  targetCapacity?: number;
+}
+
+/** The install policy on a verified offer, before any download. */
+export function checkOffer(verified: VerifiedOffer, ctx: PolicyContext): void {
+  checkInstallPolicy(verified.manifest, { ...ctx, allowDowngrade: verified.offer.allowDowngrade });
+}

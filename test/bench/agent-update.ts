@@ -1,0 +1,77 @@
+/**
+ * Agent benchmarks (issue 5), against what a user would script instead, in the
+ * same run on the same payload server:
+ * - update throughput: `tandem-agent check` (download + apply + read-back verify +
+ *   boot flag) vs `curl URL | zstd -d | dd bs=2M conv=fsync of=SLOT` + `sha256sum SLOT`
+ *   (target ≥ 0.7×);
+ * - the agent's peak RSS for each image size (target: equal within 16 MiB, ≤ 80 MiB).
+ * Sizes: TANDEM_BENCH_AGENT_MIB (default "512,2048").
+ */
+import { open, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createPayload } from '../../payloads/generate.ts';
+import { makeDevice, makeFleetKeys, makeImage, ProtocolServer } from '../agent/harness.ts';
+import { emit, measure, REPO, round, tempDir } from './lib/bench-kit.ts';
+
+const AGENT = join(REPO, 'bin', 'tandem-agent.js');
+const sizes = (process.env.TANDEM_BENCH_AGENT_MIB ?? '512,2048').split(',').map(Number).filter((n) => n > 0);
+const work = await tempDir('tandem-bench-agent-');
+const keys = makeFleetKeys();
+const server = await new ProtocolServer({ keys }).start();
+const rss: { mib: number; maxRssMiB: number }[] = [];
+try {
+  for (const mib of sizes) {
+    // Written 1 MiB at a time: the bench itself must not hold a 2 GiB image.
+    const imagePath = join(work.path, `image-${mib}.img`);
+    const fh = await open(imagePath, 'w');
+    for (let i = 0; i < mib; i++) await fh.write(makeImage(1, 1000 + i));
+    await fh.close();
+    const payload = await createPayload({ image: imagePath, version: '2.0.0', board: 'testboard', product: 'appliance', signer: keys.release.privateKey, keyring: keys.keyring, out: join(work.path, `image-${mib}.tpl`), level: 3 });
+    const zst = join(work.path, `image-${mib}.img.zst`);
+    const compressed = await measure('zstd', ['-q', '-f', '-3', '-T0', imagePath, '-o', zst]);
+    if (compressed.code !== 0) throw new Error('zstd failed');
+    server.payloads.set('f'.repeat(64), zst);
+    server.offer = () => ({ version: '2.0.0', payload });
+
+    const seed = Buffer.alloc(4096);
+    const dev = await makeDevice(join(work.path, `device-${mib}`), {
+      server: server.url,
+      keys,
+      version: '1.0.0',
+      image: seed,
+      overrides: { rebootCommand: null, download: { checkpointEveryBytes: 8 * 1024 * 1024 } },
+    });
+    const ours = await measure(process.execPath, [AGENT, 'check', '--config', dev.configPath, '--quiet']);
+    if (ours.code !== 4) throw new Error(`tandem-agent check exited ${ours.code}`);
+
+    const slot = join(work.path, `baseline-slot-${mib}.img`);
+    await writeFile(slot, '');
+    const script = `curl -sf "$1" | zstd -d -q | dd bs=2M conv=fsync of="$2" status=none && sha256sum "$2" > /dev/null`;
+    const baseline = await measure('bash', ['-c', script, 'baseline', `${server.url}/v1/payloads/${'f'.repeat(64)}`, slot]);
+    if (baseline.code !== 0) throw new Error(`baseline exited ${baseline.code}`);
+
+    emit({
+      bench: 'agent-update',
+      imageMiB: mib,
+      payloadMiB: round(payload.size / 2 ** 20),
+      seconds: ours.seconds,
+      throughputMiBps: round(mib / ours.seconds),
+      baseline: 'curl | zstd -d | dd bs=2M conv=fsync + sha256sum',
+      baselineSeconds: baseline.seconds,
+      ratio: round(baseline.seconds / ours.seconds),
+      target: '>= 0.7',
+    });
+    rss.push({ mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024) });
+    emit({ bench: 'agent-rss', imageMiB: mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024), baseline: 'dd pipeline', baselineMaxRssMiB: Math.round(baseline.maxRssKiB / 1024), target: '<= 80' });
+    await rm(imagePath, { force: true });
+    await rm(slot, { force: true });
+    await rm(dev.dir, { recursive: true, force: true });
+  }
+  if (rss.length > 1) {
+    const spread = Math.max(...rss.map((r) => r.maxRssMiB)) - Math.min(...rss.map((r) => r.maxRssMiB));
+    emit({ bench: 'agent-rss-spread', sizesMiB: rss.map((r) => r.mib), spreadMiB: spread, target: '<= 16' });
+  }
+} finally {
+  await server.close();
+  await work.remove();
+}
