@@ -3,7 +3,9 @@
 #
 # This is agent/boot-control/boot-decision.ts (decideBoot) in U-Boot script,
 # step for step, with the same variables; change both together
-# (test/agent/boot-scripts.test.ts checks that they agree).
+# (test/agent/boot-scripts.test.ts checks that they agree, and
+# test/boot-qemu/uboot.test.ts boots the real U-Boot on this script and holds
+# every boot, and the tandem.env it leaves, to decideBoot).
 #
 # The state lives in its own file on a FAT partition, in the single-copy
 # fw_env format (CRC + NUL-separated pairs), as CONFIG_ENV_IS_IN_FAT does:
