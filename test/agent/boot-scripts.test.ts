@@ -21,8 +21,7 @@ function toolTest(title: string, fn: (t: ExecutionContext) => Promise<void>): vo
 }
 
 toolTest('grub.cfg passes grub-script-check', async (t) => {
-  await run('grub-script-check', [GRUB_CFG.pathname]);
-  t.pass();
+  await t.notThrowsAsync(run('grub-script-check', [GRUB_CFG.pathname]));
 });
 
 for (const [name, url, loadRe] of [
