@@ -59,7 +59,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   await mkdir(config.dataDir, { recursive: true });
   const logger = options.logger ?? pino({ level: config.logLevel });
   const keys = await loadServerKeys(config);
-  const store = createStore(config.store, config.dataDir);
+  const store = createStore(config.store, config.dataDir, { onBackgroundError: (err) => logger.error({ err }, 'check-in records could not be committed') });
   const paths = dataPaths(config.dataDir);
   await ensureDataDirs({ paths });
   const metrics = new Metrics();

@@ -19,15 +19,13 @@ export class Metrics {
   ]);
   private readonly gauges = new Map<string, () => number | Promise<number>>();
 
-  inc(name: string, labels: Record<string, string> = {}, by = 1): void {
+  inc(name: string, labels: Record<string, string> = NO_LABELS, by = 1): void {
     let series = this.counters.get(name);
     if (!series) {
       series = new Map();
       this.counters.set(name, series);
     }
-    const key = Object.entries(labels)
-      .map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`)
-      .join(',');
+    const key = labelKey(labels);
     series.set(key, (series.get(key) ?? 0) + by);
   }
 
@@ -36,9 +34,8 @@ export class Metrics {
     this.gauges.set(name, read);
   }
 
-  value(name: string, labels: Record<string, string> = {}): number {
-    const key = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(',');
-    return this.counters.get(name)?.get(key) ?? 0;
+  value(name: string, labels: Record<string, string> = NO_LABELS): number {
+    return this.counters.get(name)?.get(labelKey(labels)) ?? 0;
   }
 
   async render(): Promise<string> {
@@ -52,4 +49,18 @@ export class Metrics {
     }
     return `${lines.join('\n')}\n`;
   }
+}
+
+const NO_LABELS: Record<string, string> = Object.freeze({});
+const NEEDS_ESCAPE = /[\\"\n]/;
+
+/** `k1="v1",k2="v2"` in the labels' order; called on every check-in and payload chunk, so no escaping unless needed. */
+function labelKey(labels: Record<string, string>): string {
+  let key = '';
+  for (const k in labels) {
+    const v = labels[k]!;
+    const value = NEEDS_ESCAPE.test(v) ? v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') : v;
+    key += `${key === '' ? '' : ','}${k}="${value}"`;
+  }
+  return key;
 }

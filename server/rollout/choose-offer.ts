@@ -19,8 +19,8 @@
  *   smaller, else the full one; full only when the device says deltas failed.
  */
 import { inRollout } from '../../shared/rollout-bucket.ts';
-import { compareVersions } from '../../shared/versions.ts';
-import type { PayloadRecord, ReleaseCandidate } from '../store/store.ts';
+import { compareParsed, parseVersion, type Version } from '../../shared/versions.ts';
+import type { PayloadRecord, Release, ReleaseCandidate } from '../store/store.ts';
 
 export interface OfferInput {
   deviceId: string;
@@ -37,6 +37,17 @@ export type OfferDecision =
   | { kind: 'update'; candidate: ReleaseCandidate; payload: PayloadRecord; downgrade: boolean; reason: string };
 
 const none = (reason: string): OfferDecision => ({ kind: 'none', reason });
+
+// Parsed once per release record (the cached candidates are the same objects from one check-in to the next), not per comparison.
+const parsedVersions = new WeakMap<Release, Version>();
+function versionOf(c: ReleaseCandidate): Version {
+  let v = parsedVersions.get(c.release);
+  if (v === undefined || v.raw !== c.release.version) {
+    v = parseVersion(c.release.version);
+    parsedVersions.set(c.release, v);
+  }
+  return v;
+}
 
 function fullPayload(c: ReleaseCandidate, board: string): PayloadRecord | undefined {
   return c.payloads.find((p) => p.kind === 'full' && p.board === board);
@@ -60,28 +71,31 @@ export function choosePayload(c: ReleaseCandidate, board: string, fromVersion: s
 export function chooseOffer(input: OfferInput): OfferDecision {
   const { deviceId, board, version: current, failed } = input;
   const usable = input.candidates.filter((c) => fullPayload(c, board) !== undefined);
-  const cmp = (a: ReleaseCandidate, b: ReleaseCandidate): number => compareVersions(a.release.version, b.release.version);
+  const cmp = (a: ReleaseCandidate, b: ReleaseCandidate): number => compareParsed(versionOf(a), versionOf(b));
+  // Parsed when first compared, as compareVersions did: with nothing to compare, a bad version is no error.
+  let parsedCurrent: Version | undefined;
+  const vsCurrent = (c: ReleaseCandidate): number => compareParsed(versionOf(c), (parsedCurrent ??= parseVersion(current)));
 
   let target: ReleaseCandidate | undefined;
   let reason: string;
   if (input.pinnedVersion !== null) {
     target = usable.find((c) => c.release.version === input.pinnedVersion);
     if (!target) return none(`pinned to ${input.pinnedVersion}, which is not published for this board on this channel`);
-    if (compareVersions(target.release.version, current) === 0) return none(`pinned to ${input.pinnedVersion}, already running`);
+    if (vsCurrent(target) === 0) return none(`pinned to ${input.pinnedVersion}, already running`);
     if (failed.has(target.release.version)) return none(`pinned to ${input.pinnedVersion}, which failed on this device`);
     if (target.rollout.state === 'halted') return none(`pinned to ${input.pinnedVersion}, whose rollout is halted`);
-    if (compareVersions(target.release.version, current) < 0) {
+    if (vsCurrent(target) < 0) {
       if (!target.release.allowDowngrade) return none(`pinned to ${input.pinnedVersion}, a downgrade the release does not allow`);
       return offer(target, true, `pinned to ${input.pinnedVersion} (allowed downgrade)`);
     }
     reason = `pinned to ${input.pinnedVersion}`;
   } else {
     const eligible = usable.filter((c) => isOffered(c) && !failed.has(c.release.version) && admits(c, deviceId));
-    const newer = eligible.filter((c) => compareVersions(c.release.version, current) > 0).sort(cmp);
+    const newer = eligible.filter((c) => vsCurrent(c) > 0).sort(cmp);
     target = newer[newer.length - 1];
     if (!target) {
       const head = usable.filter(isOffered).sort(cmp).at(-1);
-      if (head && compareVersions(head.release.version, current) < 0) {
+      if (head && vsCurrent(head) < 0) {
         if (!head.release.allowDowngrade) return none(`running ${current}, above the channel's ${head.release.version}, which is not an allowed rollback target`);
         if (failed.has(head.release.version)) return none(`rollback target ${head.release.version} failed on this device`);
         if (!admits(head, deviceId)) return none(`rollback to ${head.release.version} does not include this device yet`);
@@ -94,7 +108,7 @@ export function chooseOffer(input: OfferInput): OfferDecision {
 
   // Stepping stones: a device never skips one, pinned or not.
   const stones = usable
-    .filter((c) => c.release.steppingStone && compareVersions(c.release.version, current) > 0 && compareVersions(c.release.version, target.release.version) < 0)
+    .filter((c) => c.release.steppingStone && vsCurrent(c) > 0 && cmp(c, target) < 0)
     .sort(cmp);
   const stone = stones[0];
   if (stone) {

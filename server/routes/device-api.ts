@@ -5,20 +5,14 @@
  * over canonical JSON carrying the device's nonce and a short expiry.
  */
 import Router from '@koa/router';
-import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { TandemError } from '../../shared/errors.ts';
-import type { KeyringSignature } from '../../shared/keyring.ts';
-import { sign } from '../../shared/keys.ts';
 import {
-  CHECK_RESPONSE_DOMAIN,
   validateCheckRequest,
-  validateCheckResponse,
   validateEnrollRequest,
   validateEnrollResponse,
   validateEventsRequest,
   type CheckRequest,
   type CheckResponse,
-  type CheckResponseBody,
   type DeviceEvent,
   type EnrollResponse,
 } from '../../shared/schemas/protocol.ts';
@@ -28,7 +22,9 @@ import { readJsonBody } from '../http/body.ts';
 import { chooseOffer, jitteredPoll } from '../rollout/choose-offer.ts';
 import { shouldHalt } from '../rollout/should-halt.ts';
 import type { Device, Release, StoredEvent } from '../store/store.ts';
-import { payloadUrl } from '../views.ts';
+import { prepareOffer, signCheckResponse, type SignedCheckResponse } from './check-response.ts';
+
+const JSON_TYPE = 'application/json; charset=utf-8';
 
 export function deviceRouter(sc: ServerContext): Router {
   const router = new Router();
@@ -43,7 +39,11 @@ export function deviceRouter(sc: ServerContext): Router {
   router.post('/v1/check', async (ctx) => {
     const device = await authenticateDevice(ctx, sc.store);
     const req = await readJsonBody(ctx, sc.config.limits.checkBytes, validateCheckRequest, 'check request');
-    ctx.body = await checkDevice(sc, device, req);
+    const { json } = await answerCheck(sc, device, req);
+    // The signed canonical JSON as is: koa would serialise the same value again. Set directly, not via
+    // ctx.type, which looks the type up in mime-types on every call.
+    ctx.set('Content-Type', JSON_TYPE);
+    ctx.body = json;
   });
 
   router.post('/v1/events', async (ctx) => {
@@ -85,6 +85,10 @@ function claimsOwnId(device: Device, claimed: string): void {
 }
 
 export async function checkDevice(sc: ServerContext, device: Device, req: CheckRequest, now = new Date()): Promise<CheckResponse> {
+  return (await answerCheck(sc, device, req, now)).response;
+}
+
+async function answerCheck(sc: ServerContext, device: Device, req: CheckRequest, now = new Date()): Promise<SignedCheckResponse> {
   claimsOwnId(device, req.deviceId);
   if (req.product !== device.product || req.board !== device.board) {
     throw new TandemError('ERR_DEVICE_MISMATCH', `This device enrolled as ${device.product}/${device.board}.`, { details: { product: req.product, board: req.board } });
@@ -105,39 +109,17 @@ export async function checkDevice(sc: ServerContext, device: Device, req: CheckR
     failedVersions: req.failedVersions.filter((v) => !known.has(v)),
   });
 
-  const body: CheckResponseBody = {
-    type: 'tandem-check-response',
+  const offer = decision.kind === 'update' ? prepareOffer(sc, decision.candidate.release, decision.payload) : null;
+  const signed = await signCheckResponse(sc, {
     deviceId: device.id,
     nonce: req.nonce,
     issuedAt: now.toISOString(),
     expires: new Date(now.getTime() + sc.config.responseTtlSeconds * 1000).toISOString(),
     pollAfterSeconds: jitteredPoll(sc.config.pollIntervalSeconds, sc.config.pollJitter),
-    keyring: sc.keys.keyring,
-    result: decision.kind === 'update' ? 'update' : 'noUpdate',
-  };
-  if (decision.kind === 'update') {
-    const { release } = decision.candidate;
-    const p = decision.payload;
-    body.update = {
-      version: release.version,
-      channel: release.channel,
-      allowDowngrade: release.allowDowngrade,
-      payload: {
-        kind: p.kind,
-        url: payloadUrl(sc, p.sha256),
-        size: p.size,
-        sha256: p.sha256,
-        ...(p.sourceVersion === null ? {} : { sourceVersion: p.sourceVersion }),
-        preludeSize: p.preludeSize,
-      },
-      manifest: p.manifest.toString('base64'),
-      signatures: JSON.parse(p.signatures) as KeyringSignature[],
-    };
-    sc.metrics.inc('tandem_offers_total', { kind: p.kind });
-  }
-  sc.metrics.inc('tandem_checks_total', { result: body.result });
-  const response: CheckResponse = { body, signature: signCheckResponse(sc, body) };
-  return validateCheckResponse(response, 'check response');
+  }, offer);
+  if (decision.kind === 'update') sc.metrics.inc('tandem_offers_total', { kind: decision.payload.kind });
+  sc.metrics.inc('tandem_checks_total', { result: signed.response.body.result });
+  return signed;
 }
 
 export async function recordEvents(sc: ServerContext, device: Device, claimedId: string, events: DeviceEvent[]): Promise<{ accepted: number; duplicates: number }> {
@@ -164,19 +146,6 @@ export async function recordEvents(sc: ServerContext, device: Device, claimedId:
   }
   for (const releaseId of result.outcomeReleases) await haltIfFailing(sc, releaseId);
   return { accepted: result.accepted, duplicates: result.duplicates };
-}
-
-const DOMAIN_BYTES = Buffer.from(CHECK_RESPONSE_DOMAIN, 'utf8');
-
-/**
- * The same bytes as signBytes(canonicalBytes(body), serverKey, CHECK_RESPONSE_DOMAIN) (the domain
- * prefix, then the canonical body), with the key id computed once at start: signBytes derives it
- * from the private key on every call, which cost more than the rest of a check-in together.
- * The tests verify these signatures with verifySignedBytes, so the two cannot drift apart.
- */
-function signCheckResponse(sc: ServerContext, body: CheckResponseBody): KeyringSignature {
-  const signature = sign(sc.keys.serverKey, Buffer.concat([DOMAIN_BYTES, canonicalBytes(body)]));
-  return { keyId: sc.keys.serverKeyId, signature: signature.toString('base64') };
 }
 
 /** Re-evaluates a release's failure rate after a new outcome; halts it with the reason when over the threshold. */

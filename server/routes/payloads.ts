@@ -3,16 +3,55 @@
  * streamed from disk with backpressure, one Range per request (how the agent
  * resumes), ETag = the sha256, cached for a year. A CDN or any static server
  * can serve the same directory instead; these headers are what it must send.
+ *
+ * Per request this does what a plain node:http file server does (open, read,
+ * close) and little more, since a fleet fetches in ranges and every
+ * thread-pool round trip counts:
+ * - a payload's size and date are read once (fstat of the opened file) and
+ *   kept: a file named by its sha256 never changes. The file is still opened
+ *   for every request, so one that was removed is a 404, as before;
+ * - the body goes out through http/send-file-range.ts: 256 KiB reads (a
+ *   quarter of the reads, and thread-pool round trips, of the 64 KiB
+ *   default) into reused buffers, instead of a read stream allocating a new
+ *   buffer per read for the garbage collector;
+ * - bytes served are counted once per response, not per chunk;
+ * - headers are set as strings (ctx.type would look the type up in
+ *   mime-types on each request).
  */
 import Router from '@koa/router';
 import type { Context } from 'koa';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { close, fstat, open, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { TandemError } from '../../shared/errors.ts';
 import type { ServerContext } from '../context.ts';
+import { BufferPool, sendFileRange } from '../http/send-file-range.ts';
 
 const SHA256 = /^[0-9a-f]{64}$/;
+const READ_BYTES = 256 * 1024;
+/** Free read buffers kept between responses (16 MiB); two per response in flight. */
+const KEEP_BUFFERS = 64;
+/** Bounds the metadata kept: far more payloads than a server publishes in its life. */
+const MAX_KNOWN = 4096;
+
+interface PayloadFile {
+  size: number;
+  lastModified: string;
+}
+
+/** What made the former stat() fail for this path: no such payload, as far as a client can tell. */
+const ABSENT = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'ELOOP', 'ENAMETOOLONG']);
+
+function openForReading(path: string): Promise<number | undefined> {
+  return new Promise((resolve, reject) => open(path, 'r', (err, fd) => {
+    if (err && ABSENT.has(err.code ?? '')) resolve(undefined);
+    else if (err) reject(err);
+    else resolve(fd);
+  }));
+}
+
+function statOf(fd: number): Promise<Stats> {
+  return new Promise((resolve, reject) => fstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
+}
 
 export interface ByteRange {
   start: number;
@@ -45,25 +84,55 @@ export function parseRange(header: string | undefined, size: number): ByteRange 
 
 export function payloadRouter(sc: ServerContext): Router {
   const router = new Router();
+  const known = new Map<string, PayloadFile>();
+  const buffers = new BufferPool(READ_BYTES, KEEP_BUFFERS);
+  const notFound = (sha256: string): TandemError => {
+    sc.metrics.inc('tandem_payload_requests_total', { status: '404' });
+    return new TandemError('ERR_NOT_FOUND', `No payload ${sha256}.`);
+  };
+
+  /** Size and date from the open file, once per payload. */
+  const describe = async (sha256: string, fd: number): Promise<PayloadFile> => {
+    let info = known.get(sha256);
+    if (info) return info;
+    const st = await statOf(fd);
+    if (!st.isFile()) throw notFound(sha256);
+    info = { size: st.size, lastModified: st.mtime.toUTCString() };
+    if (known.size >= MAX_KNOWN) known.delete(known.keys().next().value!);
+    known.set(sha256, info);
+    return info;
+  };
+
   const serve = async (ctx: Context): Promise<void> => {
     const sha256 = (ctx.params as { sha256: string }).sha256;
     if (!SHA256.test(sha256)) throw new TandemError('ERR_INVALID_ARGUMENT', 'A payload is named by its lowercase hex sha256.');
-    const path = join(sc.paths.payloads, sha256);
-    const info = await stat(path).catch(() => undefined);
-    if (!info?.isFile()) {
-      sc.metrics.inc('tandem_payload_requests_total', { status: '404' });
-      throw new TandemError('ERR_NOT_FOUND', `No payload ${sha256}.`);
+    // Opened before any header is set, so a missing file is a JSON 404 like any other error.
+    const fd = await openForReading(join(sc.paths.payloads, sha256));
+    if (fd === undefined) {
+      known.delete(sha256);
+      throw notFound(sha256);
     }
+    let sending = false;
+    try {
+      sending = respond(ctx, sha256, fd, await describe(sha256, fd));
+    } finally {
+      // A body being sent closes the file when done; every other answer closes it here.
+      if (!sending) close(fd, () => {});
+    }
+  };
+
+  /** A 304, a 416, a HEAD or the bytes; true when the body is being sent from `fd`. */
+  const respond = (ctx: Context, sha256: string, fd: number, info: PayloadFile): boolean => {
     const etag = `"${sha256}"`;
     ctx.set('ETag', etag);
     ctx.set('Cache-Control', 'public, max-age=31536000, immutable');
     ctx.set('Accept-Ranges', 'bytes');
-    ctx.set('Last-Modified', info.mtime.toUTCString());
+    ctx.set('Last-Modified', info.lastModified);
     const inm = ctx.get('If-None-Match');
     if (inm !== '' && inm.split(',').some((t) => t.trim().replace(/^W\//, '') === etag || t.trim() === '*')) {
       ctx.status = 304;
       sc.metrics.inc('tandem_payload_requests_total', { status: '304' });
-      return;
+      return false;
     }
     let range = parseRange(ctx.get('Range') || undefined, info.size);
     // If-Range with another validator: the client's partial copy is stale, send it all.
@@ -76,16 +145,20 @@ export function payloadRouter(sc: ServerContext): Router {
     }
     const start = range?.start ?? 0;
     const end = range?.end ?? info.size - 1;
-    const length = end - start + 1;
     ctx.status = range ? 206 : 200;
     if (range) ctx.set('Content-Range', `bytes ${start}-${end}/${info.size}`);
-    ctx.type = 'application/octet-stream';
-    ctx.length = length;
+    ctx.set('Content-Type', 'application/octet-stream');
+    ctx.length = end - start + 1;
     sc.metrics.inc('tandem_payload_requests_total', { status: String(ctx.status) });
-    if (ctx.method === 'HEAD') return;
-    const stream = createReadStream(path, { start, end, highWaterMark: 256 * 1024 });
-    stream.on('data', (chunk) => sc.metrics.inc('tandem_payload_bytes_served_total', {}, (chunk as Buffer).length));
-    ctx.body = stream;
+    if (ctx.method === 'HEAD') return false;
+    // koa would pipe a stream body; this response is written here, after the status and headers set above.
+    ctx.respond = false;
+    void sendFileRange(ctx.res, fd, start, end, buffers).then(({ bytes, error }) => {
+      close(fd, () => {});
+      sc.metrics.inc('tandem_payload_bytes_served_total', {}, bytes);
+      if (error !== undefined) sc.logger.debug({ err: error, sha256, start, end, bytes }, 'payload response cut short');
+    });
+    return true;
   };
   // @koa/router answers HEAD with the GET route; koa drops the body.
   router.get('/v1/payloads/:sha256', serve);

@@ -10,10 +10,15 @@ export interface StoreConfig {
   path?: string;
 }
 
-export function createStore(config: StoreConfig, dataDir: string): Store {
+export interface StoreHooks {
+  /** A write the store made after answering (a batch of check records) failed. */
+  onBackgroundError?: (err: unknown) => void;
+}
+
+export function createStore(config: StoreConfig, dataDir: string, hooks: StoreHooks = {}): Store {
   switch (config.kind) {
     case 'sqlite':
-      return new SqliteStore(config.path ?? join(dataDir, 'tandem.db'));
+      return new SqliteStore(config.path ?? join(dataDir, 'tandem.db'), hooks.onBackgroundError ? { onBatchError: hooks.onBackgroundError } : {});
     default:
       throw new TandemError('ERR_CONFIG', `Unknown store kind ${JSON.stringify((config as { kind: unknown }).kind)}.`);
   }

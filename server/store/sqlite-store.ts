@@ -4,9 +4,27 @@
  * lose the last transactions but never corrupts the file). better-sqlite3 is
  * synchronous; each method is one statement or one transaction, short enough
  * not to matter to the event loop.
+ *
+ * Check-ins are most of the traffic, so their path is kept short:
+ * - locking_mode=EXCLUSIVE: this process is the file's only user, so SQLite
+ *   takes its locks once instead of two fcntl calls per read and six per
+ *   write, and keeps the WAL index in memory. It also makes a second server
+ *   on the same data directory fail at start (ERR_CONFIG, after a 5 s wait)
+ *   instead of running beside this one, which the in-memory caches rely on;
+ *   other tools can open the file once the server has stopped.
+ * - check records (recordCheck) are committed together at the end of the
+ *   event-loop turn: a commit cost about 40 µs, several times the UPDATE
+ *   itself, and a checkpoint runs every ~1,000 commits. Every other write
+ *   commits the open batch first and is committed before it returns, as
+ *   before; reads on this connection see the batch. What changes: a
+ *   check-in's response can be on its way before its record is committed,
+ *   so a crash of the process within that turn forgets when those devices
+ *   were last seen (they say so again at their next poll).
+ * - the candidates of a check-in are cached (candidate-cache.ts).
  */
 import Database from 'better-sqlite3';
 import { TandemError } from '../../shared/errors.ts';
+import { CandidateCache } from './candidate-cache.ts';
 import { MIGRATIONS } from './migrations.ts';
 import type {
   AdminToken,
@@ -103,16 +121,61 @@ const OUTCOME_TYPES = new Set(['error', 'rolledBack', 'committed']);
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite';
+  /**
+   * The connection, for tests and benchmarks that seed data in bulk, before check-ins start (their
+   * batch may be the open transaction, which a raw one would nest in). A raw write to releases,
+   * rollouts or payloads must be followed by `invalidateCaches()`, or check-ins keep the old answer.
+   */
   readonly db: Database.Database;
   private readonly stmts = new Map<string, Database.Statement>();
+  private readonly candidateCache = new CandidateCache();
+  /** One transaction (a savepoint inside an open one); the wrapper is made once, since better-sqlite3 builds four closures per `transaction()`. */
+  private readonly transaction: <T>(fn: () => T) => T;
+  /** A transaction holding the check records of this event-loop turn is open (see recordCheck). */
+  private checkBatchOpen = false;
 
-  constructor(path: string) {
+  constructor(path: string, private readonly options: { onBatchError?: (err: unknown) => void; lockTimeoutMs?: number } = {}) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
+    // How long to wait for a previous server (say, one restarting) to let go of the file.
+    this.db.pragma(`busy_timeout = ${options.lockTimeoutMs ?? 5000}`);
+    try {
+      // Before the first access, so the WAL index lives in this process's memory and the lock is taken now.
+      this.db.pragma('locking_mode = EXCLUSIVE');
+      this.db.pragma('journal_mode = WAL');
+    } catch (err) {
+      this.db.close();
+      if ((err as { code?: unknown }).code !== 'SQLITE_BUSY') throw err;
+      throw new TandemError('ERR_CONFIG', `The database ${path} is in use by another process (another tandem-server on this data directory?).`, { cause: err });
+    }
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
-    this.db.pragma('busy_timeout = 5000');
     this.migrate();
+    const run = this.db.transaction((fn: () => unknown) => fn());
+    this.transaction = <T>(fn: () => T): T => run(fn) as T;
+  }
+
+  /** Every write but a check record goes through here: its own transaction, committed before it returns, after the open check batch. */
+  private atomically<T>(fn: () => T): T {
+    this.commitChecks();
+    return this.transaction(fn);
+  }
+
+  /** Commits the check records of this turn; runs at the end of the turn, before any other write, and at close. */
+  private commitChecks(): void {
+    if (!this.checkBatchOpen) return;
+    this.checkBatchOpen = false;
+    // A statement that failed with an I/O error may have rolled the whole batch back already.
+    if (!this.db.inTransaction) return;
+    try {
+      this.st('COMMIT').run();
+    } catch (err) {
+      if (this.db.inTransaction) this.st('ROLLBACK').run();
+      (this.options.onBatchError ?? ((e: unknown) => process.emitWarning(`check records not committed: ${String(e)}`)))(err);
+    }
+  }
+
+  invalidateCaches(): void {
+    this.candidateCache.invalidate();
   }
 
   /** The schema version this file is at, after migrating. */
@@ -146,14 +209,18 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    this.commitChecks();
+    this.db.close();
   }
 
   // ---- Admin tokens ----------------------------------------------------------
 
   async createAdminToken(t: AdminToken): Promise<void> {
-    this.st('INSERT INTO admin_tokens (id, name, role, token_hash, created_at, created_by, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
-      .run(t.id, t.name, t.role, t.tokenHash, t.createdAt, t.createdBy, t.revokedAt);
+    this.atomically(() => {
+      this.st('INSERT INTO admin_tokens (id, name, role, token_hash, created_at, created_by, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(t.id, t.name, t.role, t.tokenHash, t.createdAt, t.createdBy, t.revokedAt);
+    });
   }
 
   async findAdminTokenByHash(hash: string): Promise<AdminToken | undefined> {
@@ -166,15 +233,17 @@ export class SqliteStore implements Store {
   }
 
   async revokeAdminToken(id: string, at: string): Promise<boolean> {
-    return this.st('UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1;
+    return this.atomically(() => this.st('UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1);
   }
 
   // ---- Enrollment tokens -----------------------------------------------------
 
   async createEnrollmentToken(t: EnrollmentToken): Promise<void> {
-    this.st(`INSERT INTO enrollment_tokens (id, name, token_hash, product, channel, board, max_uses, uses, expires_at, created_at, created_by, revoked_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(t.id, t.name, t.tokenHash, t.product, t.channel, t.board, t.maxUses, t.uses, t.expiresAt, t.createdAt, t.createdBy, t.revokedAt);
+    this.atomically(() => {
+      this.st(`INSERT INTO enrollment_tokens (id, name, token_hash, product, channel, board, max_uses, uses, expires_at, created_at, created_by, revoked_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(t.id, t.name, t.tokenHash, t.product, t.channel, t.board, t.maxUses, t.uses, t.expiresAt, t.createdAt, t.createdBy, t.revokedAt);
+    });
   }
 
   async findEnrollmentTokenByHash(hash: string): Promise<EnrollmentToken | undefined> {
@@ -187,13 +256,13 @@ export class SqliteStore implements Store {
   }
 
   async revokeEnrollmentToken(id: string, at: string): Promise<boolean> {
-    return this.st('UPDATE enrollment_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1;
+    return this.atomically(() => this.st('UPDATE enrollment_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes === 1);
   }
 
   // ---- Devices ---------------------------------------------------------------
 
   async enrollDevice(d: Device, tokenId: string, now: string): Promise<void> {
-    this.db.transaction(() => {
+    this.atomically(() => {
       if (this.st('SELECT 1 FROM devices WHERE id = ?').get(d.id)) {
         throw new TandemError('ERR_DEVICE_EXISTS', `Device ${d.id} is already enrolled; a release manager must remove it before it enrolls again.`, { details: { deviceId: d.id } });
       }
@@ -202,7 +271,7 @@ export class SqliteStore implements Store {
       if (taken.changes !== 1) throw new TandemError('ERR_ENROLLMENT_TOKEN', 'The enrollment token is revoked, expired or used up.');
       this.st(`INSERT INTO devices (id, product, board, channel, credential_hash, enrolled_at, enrollment_token_id, last_seen_at, version, slot, pinned_version, check_count)
         VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, 0)`).run(d.id, d.product, d.board, d.channel, d.credentialHash, d.enrolledAt, tokenId);
-    })();
+    });
   }
 
   async findDeviceByCredentialHash(hash: string): Promise<Device | undefined> {
@@ -223,25 +292,35 @@ export class SqliteStore implements Store {
     if (f.version !== undefined) { where.push('version = ?'); args.push(f.version); }
     if (f.after !== undefined) { where.push('id > ?'); args.push(f.after); }
     const sql = `SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id LIMIT ?`;
-    return (this.db.prepare(sql).all(...args, f.limit) as Row[]).map(deviceOf);
+    return (this.st(sql).all(...args, f.limit) as Row[]).map(deviceOf);
   }
 
   async deleteDevice(id: string): Promise<boolean> {
-    return this.db.transaction(() => {
+    return this.atomically(() => {
       const n = this.st('DELETE FROM devices WHERE id = ?').run(id).changes;
       this.st('DELETE FROM device_failures WHERE device_id = ?').run(id);
       return n === 1;
-    })();
+    });
   }
 
   async setPin(deviceId: string, version: string | null): Promise<boolean> {
-    return this.st('UPDATE devices SET pinned_version = ? WHERE id = ?').run(version, deviceId).changes === 1;
+    return this.atomically(() => this.st('UPDATE devices SET pinned_version = ? WHERE id = ?').run(version, deviceId).changes === 1);
   }
 
   async recordCheck(c: CheckRecord): Promise<void> {
-    this.db.transaction(() => {
+    if (!this.checkBatchOpen || !this.db.inTransaction) {
+      this.st('BEGIN').run();
+      this.checkBatchOpen = true;
+      setImmediate(() => this.commitChecks());
+    }
+    const seen = (): void => {
       this.st('UPDATE devices SET version = ?, slot = ?, channel = ?, last_seen_at = ?, check_count = check_count + 1 WHERE id = ?')
         .run(c.version, c.slot, c.channel, c.at, c.deviceId);
+    };
+    // Most check-ins are the one UPDATE, atomic on its own; a record of several statements is a savepoint in the batch.
+    if (c.offeredReleaseId === null && c.failedVersions.length === 0) return seen();
+    this.transaction(() => {
+      seen();
       if (c.offeredReleaseId !== null) {
         this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(c.deviceId, c.offeredReleaseId, c.at);
       }
@@ -249,7 +328,7 @@ export class SqliteStore implements Store {
         this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
           .run(c.deviceId, v, c.at);
       }
-    })();
+    });
   }
 
   async activeFailures(deviceId: string): Promise<string[]> {
@@ -264,8 +343,8 @@ export class SqliteStore implements Store {
   }
 
   async clearFailure(deviceId: string, version: string, at: string, by: string): Promise<boolean> {
-    return this.st('UPDATE device_failures SET cleared_at = ?, cleared_by = ? WHERE device_id = ? AND version = ? AND cleared_at IS NULL')
-      .run(at, by, deviceId, version).changes === 1;
+    return this.atomically(() => this.st('UPDATE device_failures SET cleared_at = ?, cleared_by = ? WHERE device_id = ? AND version = ? AND cleared_at IS NULL')
+      .run(at, by, deviceId, version).changes === 1);
   }
 
   async versionCounts(product: string | undefined, channel: string): Promise<{ product: string; version: string | null; devices: number }[]> {
@@ -282,7 +361,7 @@ export class SqliteStore implements Store {
   // ---- Releases, payloads, rollouts -------------------------------------------
 
   async createRelease(r: Release, o: Rollout): Promise<void> {
-    this.db.transaction(() => {
+    this.atomically(() => {
       if (this.st('SELECT 1 FROM releases WHERE product = ? AND channel = ? AND version = ?').get(r.product, r.channel, r.version)) {
         throw new TandemError('ERR_RELEASE_EXISTS', `Release ${r.product} ${r.version} already exists on channel ${r.channel}.`, {
           details: { product: r.product, channel: r.channel, version: r.version },
@@ -294,7 +373,8 @@ export class SqliteStore implements Store {
       this.st(`INSERT INTO rollouts (release_id, basis_points, state, salt, failure_threshold_bp, min_attempts, halt_reason, updated_at, updated_by)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(r.id, o.basisPoints, o.state, o.salt, o.failureThresholdBp, o.minAttempts, o.haltReason, o.updatedAt, o.updatedBy);
-    })();
+    });
+    this.candidateCache.invalidate();
   }
 
   async getRelease(id: string): Promise<Release | undefined> {
@@ -309,21 +389,25 @@ export class SqliteStore implements Store {
     if (q.channel !== undefined) { where.push('channel = ?'); args.push(q.channel); }
     if (q.version !== undefined) { where.push('version = ?'); args.push(q.version); }
     const sql = `SELECT * FROM releases ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id`;
-    return (this.db.prepare(sql).all(...args) as Row[]).map(releaseOf);
+    return (this.st(sql).all(...args) as Row[]).map(releaseOf);
   }
 
   async updateRelease(id: string, patch: Partial<Pick<Release, 'steppingStone' | 'allowDowngrade' | 'notes'>>): Promise<void> {
-    this.db.transaction(() => {
+    this.atomically(() => {
       if (patch.steppingStone !== undefined) this.st('UPDATE releases SET stepping_stone = ? WHERE id = ?').run(patch.steppingStone ? 1 : 0, id);
       if (patch.allowDowngrade !== undefined) this.st('UPDATE releases SET allow_downgrade = ? WHERE id = ?').run(patch.allowDowngrade ? 1 : 0, id);
       if (patch.notes !== undefined) this.st('UPDATE releases SET notes = ? WHERE id = ?').run(patch.notes, id);
-    })();
+    });
+    this.candidateCache.invalidate();
   }
 
   async addPayload(p: PayloadRecord): Promise<void> {
-    this.st(`INSERT INTO payloads (sha256, release_id, board, kind, source_version, size, prelude_size, manifest, signatures, target_sha256, target_size, created_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
-      .run(p.sha256, p.releaseId, p.board, p.kind, p.sourceVersion, p.size, p.preludeSize, p.manifest, p.signatures, p.targetSha256, p.targetSize, p.createdAt);
+    this.atomically(() => {
+      this.st(`INSERT INTO payloads (sha256, release_id, board, kind, source_version, size, prelude_size, manifest, signatures, target_sha256, target_size, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
+        .run(p.sha256, p.releaseId, p.board, p.kind, p.sourceVersion, p.size, p.preludeSize, p.manifest, p.signatures, p.targetSha256, p.targetSize, p.createdAt);
+    });
+    this.candidateCache.invalidate();
   }
 
   async listPayloads(releaseId: string): Promise<PayloadRecord[]> {
@@ -335,7 +419,11 @@ export class SqliteStore implements Store {
     return r && payloadOf(r);
   }
 
-  async candidates(product: string, channel: string, board: string): Promise<ReleaseCandidate[]> {
+  async candidates(product: string, channel: string, board: string): Promise<readonly ReleaseCandidate[]> {
+    return this.candidateCache.get(product, channel, board, async () => this.loadCandidates(product, channel, board));
+  }
+
+  private loadCandidates(product: string, channel: string, board: string): ReleaseCandidate[] {
     const releases = this.st(`SELECT r.*, o.basis_points, o.state, o.salt, o.failure_threshold_bp, o.min_attempts, o.halt_reason, o.updated_at, o.updated_by
       FROM releases r JOIN rollouts o ON o.release_id = r.id WHERE r.product = ? AND r.channel = ?`).all(product, channel) as Row[];
     if (releases.length === 0) return [];
@@ -367,7 +455,8 @@ export class SqliteStore implements Store {
       const value = (patch as Record<string, unknown>)[key];
       if (value !== undefined) { sets.push(`${column} = ?`); args.push(value); }
     }
-    if (sets.length > 0) this.db.prepare(`UPDATE rollouts SET ${sets.join(', ')} WHERE release_id = ?`).run(...args, releaseId);
+    if (sets.length > 0) this.atomically(() => this.st(`UPDATE rollouts SET ${sets.join(', ')} WHERE release_id = ?`).run(...args, releaseId));
+    this.candidateCache.invalidate();
     const r = await this.getRollout(releaseId);
     if (!r) throw new TandemError('ERR_NOT_FOUND', `No rollout for release ${releaseId}.`);
     return r;
@@ -376,7 +465,7 @@ export class SqliteStore implements Store {
   // ---- Events ----------------------------------------------------------------
 
   async insertEvents(deviceId: string, events: StoredEvent[]): Promise<EventInsertResult> {
-    return this.db.transaction(() => {
+    return this.atomically(() => {
       let accepted = 0;
       let duplicates = 0;
       const outcomes = new Set<string>();
@@ -402,7 +491,7 @@ export class SqliteStore implements Store {
         if (OUTCOME_TYPES.has(e.type) && e.releaseId !== null) outcomes.add(e.releaseId);
       }
       return { accepted, duplicates, outcomeReleases: [...outcomes] };
-    })();
+    });
   }
 
   async releaseStats(releaseId: string): Promise<ReleaseStats> {
@@ -437,7 +526,9 @@ export class SqliteStore implements Store {
   // ---- Audit and jobs ---------------------------------------------------------
 
   async audit(e: AuditEntry): Promise<void> {
-    this.st('INSERT INTO audit_log (at, actor, action, target, details) VALUES (?, ?, ?, ?, ?)').run(e.at, e.actor, e.action, e.target, JSON.stringify(e.details));
+    this.atomically(() => {
+      this.st('INSERT INTO audit_log (at, actor, action, target, details) VALUES (?, ?, ?, ?, ?)').run(e.at, e.actor, e.action, e.target, JSON.stringify(e.details));
+    });
   }
 
   async listAudit(limit: number): Promise<AuditEntry[]> {
@@ -448,9 +539,11 @@ export class SqliteStore implements Store {
   }
 
   async createJob(j: Job): Promise<void> {
-    this.st(`INSERT INTO jobs (id, kind, state, release_id, params, progress, message, error, created_at, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(j.id, j.kind, j.state, j.releaseId, JSON.stringify(j.params), j.progress, j.message, j.error, j.createdAt, j.updatedAt);
+    this.atomically(() => {
+      this.st(`INSERT INTO jobs (id, kind, state, release_id, params, progress, message, error, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(j.id, j.kind, j.state, j.releaseId, JSON.stringify(j.params), j.progress, j.message, j.error, j.createdAt, j.updatedAt);
+    });
   }
 
   async updateJob(id: string, patch: Partial<Pick<Job, 'state' | 'progress' | 'message' | 'error' | 'updatedAt'>>): Promise<void> {
@@ -461,7 +554,7 @@ export class SqliteStore implements Store {
     }
     sets.push('updated_at = ?');
     args.push(patch.updatedAt ?? new Date().toISOString());
-    this.db.prepare(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args, id);
+    this.atomically(() => this.st(`UPDATE jobs SET ${sets.join(', ')} WHERE id = ?`).run(...args, id));
   }
 
   async getJob(id: string): Promise<Job | undefined> {

@@ -229,7 +229,8 @@ export interface Store {
   addPayload(payload: PayloadRecord): Promise<void>;
   listPayloads(releaseId: string): Promise<PayloadRecord[]>;
   getPayload(sha256: string): Promise<PayloadRecord | undefined>;
-  candidates(product: string, channel: string, board: string): Promise<ReleaseCandidate[]>;
+  /** What a check-in reads: shared between check-ins and frozen (see candidate-cache.ts), so never mutate it. */
+  candidates(product: string, channel: string, board: string): Promise<readonly ReleaseCandidate[]>;
 
   getRollout(releaseId: string): Promise<Rollout | undefined>;
   updateRollout(releaseId: string, patch: Partial<Omit<Rollout, 'releaseId' | 'salt'>>): Promise<Rollout>;

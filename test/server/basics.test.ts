@@ -1,13 +1,13 @@
 import anyTest, { type TestFn } from 'ava';
 import { createHash } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { verifyKeyring, verifySignedBytes } from '../../shared/keyring.ts';
 import { decodePublicKeyFile } from '../../shared/keys.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse } from '../../shared/schemas/protocol.ts';
-import { makeImage, post, removeDir, startTestServer, TestDevice, type TestServer } from './helpers.ts';
+import { makeImage, post, removeDir, sameBytes, startTestServer, TestDevice, type TestServer } from './helpers.ts';
 
 const test = anyTest as TestFn<{ ts: TestServer; image: Buffer; payloadSha: string; enrollToken: string }>;
 
@@ -78,7 +78,7 @@ test('payload downloads: full, ranges, resumption, 416, HEAD, ETag', async (t) =
   const r2 = await request(url, { headers: { range: 'bytes=100-', 'if-range': `"${payloadSha}"` } });
   t.is(r2.statusCode, 206);
   const rest = Buffer.from(await r2.body.arrayBuffer());
-  t.deepEqual(Buffer.concat([whole.subarray(0, 100), rest]), whole);
+  sameBytes(t, Buffer.concat([whole.subarray(0, 100), rest]), whole, 'resumed download');
 
   const suffix = await request(url, { headers: { range: 'bytes=-10' } });
   t.deepEqual(Buffer.from(await suffix.body.arrayBuffer()), whole.subarray(whole.length - 10));
@@ -107,6 +107,50 @@ test('payload downloads: full, ranges, resumption, 416, HEAD, ETag', async (t) =
     t.is(r.statusCode, status, path);
     await r.body.dump();
   }
+});
+
+// Serial, so no other test's download is running when the open files are counted.
+test.serial('parallel range downloads are byte-exact while other readers stall or hang up, and no file stays open', async (t) => {
+  const { ts, payloadSha } = t.context;
+  const url = `${ts.server.url}/v1/payloads/${payloadSha}`;
+  const file = join(ts.dir, 'payloads', payloadSha);
+  const whole = await readFile(file);
+  // The server runs in this process: its descriptors of the payload file are ours to count.
+  const openFiles = async (): Promise<number> => {
+    const targets = await Promise.all((await readdir('/proc/self/fd')).map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => '')));
+    return targets.filter((target) => target === file).length;
+  };
+  // Read buffers are reused between responses: a buffer handed back too early would show up as wrong bytes here.
+  const exact = Array.from({ length: 24 }, async (_, i) => {
+    const start = (i * 7919 * 97) % whole.length;
+    const end = Math.min(whole.length - 1, start + ((i * 104_729) % (900 * 1024)));
+    const res = await request(url, { headers: { range: `bytes=${start}-${end}` } });
+    t.is(res.statusCode, 206);
+    const got = Buffer.from(await res.body.arrayBuffer());
+    t.true(got.equals(whole.subarray(start, end + 1)), `range ${start}-${end}`);
+  });
+  // Slow readers (backpressure) and readers that hang up mid-body, alongside.
+  const slow = Array.from({ length: 4 }, async () => {
+    const res = await request(url);
+    const chunks: Buffer[] = [];
+    for await (const chunk of res.body) {
+      chunks.push(chunk as Buffer);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    t.true(Buffer.concat(chunks).equals(whole), 'slow full download');
+  });
+  const quitters = Array.from({ length: 4 }, async () => {
+    const res = await request(url);
+    for await (const _ of res.body) break;
+  });
+  await Promise.all([...exact, ...slow, ...quitters]);
+  // The server closes each payload file once its response is done or cut short.
+  let open = await openFiles();
+  for (let i = 0; i < 100 && open > 0; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    open = await openFiles();
+  }
+  t.is(open, 0, 'payload file descriptors left open');
 });
 
 test('bad credentials and a device claiming another id', async (t) => {

@@ -1,4 +1,5 @@
 /** A real server on 127.0.0.1:0 with a temp data dir, synthetic images and a protocol-speaking test device. */
+import type { ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -35,6 +36,21 @@ export async function startTestServer(config: ServerConfigInput = {}, dir?: stri
 
 export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * Byte-exact comparison of two buffers. ava's deepEqual formats both values
+ * byte by byte (about 13 s for 3 MiB, and more while other test files run),
+ * so it is kept for small values; this says where the first difference is.
+ */
+export function sameBytes(t: ExecutionContext, actual: Uint8Array, expected: Uint8Array, what = 'bytes'): void {
+  if (Buffer.compare(actual, expected) === 0) {
+    t.pass();
+    return;
+  }
+  let i = 0;
+  while (i < actual.length && i < expected.length && actual[i] === expected[i]) i++;
+  t.fail(`${what}: ${actual.length} bytes, expected ${expected.length}; first difference at offset ${i}`);
 }
 
 /** A few MiB: pseudo-random regions (seeded, so two versions share most blocks) and zero regions. */

@@ -1,0 +1,114 @@
+/**
+ * What the SQLite store does for the check-in path's speed, and must not
+ * change in behaviour: cached candidates that follow every write, check
+ * records committed once per event-loop turn but visible at once and never
+ * left behind another write or a close, and one process per database.
+ */
+import anyTest, { type TestFn } from 'ava';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { isTandemError } from '../../shared/errors.ts';
+import { SqliteStore } from '../../server/store/sqlite-store.ts';
+import type { Device, PayloadRecord, Release, Rollout } from '../../server/store/store.ts';
+import { removeDir } from './helpers.ts';
+
+const test = anyTest as TestFn<{ dir: string }>;
+const now = '2026-01-01T00:00:00.000Z';
+
+test.beforeEach(async (t) => {
+  t.context = { dir: await mkdtemp(join(tmpdir(), 'tandem-store-')) };
+});
+test.afterEach.always(async (t) => {
+  await removeDir(t.context.dir);
+});
+
+async function seeded(path: string): Promise<{ store: SqliteStore; device: Device }> {
+  const store = new SqliteStore(path);
+  await store.createEnrollmentToken({ id: 'tok', name: 't', tokenHash: 'h', product: 'acme', channel: 'stable', board: null, maxUses: null, uses: 0, expiresAt: null, createdAt: now, createdBy: 'test', revokedAt: null });
+  const device: Device = {
+    id: 'dev-1', product: 'acme', board: 'rpi4', channel: 'stable', credentialHash: 'c'.repeat(64), enrolledAt: now, enrollmentTokenId: 'tok',
+    lastSeenAt: null, version: null, slot: null, pinnedVersion: null, checkCount: 0,
+  };
+  await store.enrollDevice(device, 'tok', now);
+  return { store, device };
+}
+
+function release(version: string): { release: Release; rollout: Rollout; payload: PayloadRecord } {
+  const id = `rel-${version}`;
+  return {
+    release: { id, product: 'acme', channel: 'stable', version, steppingStone: false, allowDowngrade: false, createdAt: now, createdBy: 'test', notes: null },
+    rollout: { releaseId: id, basisPoints: 0, state: 'active', salt: `salt-${version}`, failureThresholdBp: 500, minAttempts: 20, haltReason: null, updatedAt: now, updatedBy: 'test' },
+    payload: {
+      sha256: version.replace(/\./g, '').padEnd(64, '0'), releaseId: id, board: 'rpi4', kind: 'full', sourceVersion: null, size: 10, preludeSize: 5,
+      manifest: Buffer.from('m'), signatures: '[]', targetSha256: 'f'.repeat(64), targetSize: 10, createdAt: now,
+    },
+  };
+}
+
+test('candidates are cached, frozen, and follow every write to releases, rollouts and payloads', async (t) => {
+  const { store } = await seeded(join(t.context.dir, 'db'));
+  t.teardown(() => store.close());
+  t.deepEqual(await store.candidates('acme', 'stable', 'rpi4'), []);
+  const r1 = release('1.0.0');
+  await store.createRelease(r1.release, r1.rollout);
+  const first = await store.candidates('acme', 'stable', 'rpi4');
+  t.is(first.length, 1);
+  t.deepEqual(first[0]!.payloads, []);
+  t.is(await store.candidates('acme', 'stable', 'rpi4'), first, 'served from the cache');
+  t.true(Object.isFrozen(first) && Object.isFrozen(first[0]!.rollout));
+
+  await store.addPayload(r1.payload);
+  t.is((await store.candidates('acme', 'stable', 'rpi4'))[0]!.payloads.length, 1);
+  await store.updateRollout(r1.release.id, { basisPoints: 1000 });
+  t.is((await store.candidates('acme', 'stable', 'rpi4'))[0]!.rollout.basisPoints, 1000);
+  await store.updateRelease(r1.release.id, { steppingStone: true });
+  t.true((await store.candidates('acme', 'stable', 'rpi4'))[0]!.release.steppingStone);
+  const r2 = release('1.1.0');
+  await store.createRelease(r2.release, r2.rollout);
+  t.is((await store.candidates('acme', 'stable', 'rpi4')).length, 2);
+  t.deepEqual(await store.candidates('acme', 'beta', 'rpi4'), []);
+});
+
+test('check records are visible at once, committed at the end of the turn, before any other write, and at close', async (t) => {
+  const path = join(t.context.dir, 'db');
+  const { store, device } = await seeded(path);
+  const r1 = release('1.0.0');
+  await store.createRelease(r1.release, r1.rollout);
+  const check = (at: string, failedVersions: string[] = []) =>
+    store.recordCheck({ deviceId: device.id, version: '0.9.0', slot: 'B', channel: 'stable', at, offeredReleaseId: r1.release.id, failedVersions });
+
+  await check('2026-01-01T00:00:01.000Z', ['0.8.0']);
+  t.true(store.db.inTransaction, 'the batch is open until the turn ends');
+  t.is((await store.getDevice(device.id))?.lastSeenAt, '2026-01-01T00:00:01.000Z', 'this connection sees it at once');
+  t.deepEqual(await store.activeFailures(device.id), ['0.8.0']);
+  t.is((await store.releaseStats(r1.release.id)).offered, 1);
+  await nextTurn();
+  t.false(store.db.inTransaction, 'committed at the end of the turn');
+
+  await check('2026-01-01T00:00:02.000Z');
+  await store.audit({ at: now, actor: 'test', action: 'x', target: 'y', details: {} });
+  t.false(store.db.inTransaction, 'another write commits the batch first, then itself');
+
+  await check('2026-01-01T00:00:03.000Z');
+  await store.close();
+  const reopened = new SqliteStore(path);
+  t.teardown(() => reopened.close());
+  const seen = await reopened.getDevice(device.id);
+  t.is(seen?.lastSeenAt, '2026-01-01T00:00:03.000Z', 'close commits the batch');
+  t.is(seen?.checkCount, 3);
+  t.is((await reopened.listAudit(10)).length, 1);
+});
+
+test('a second store on the same file is refused while the first is open', async (t) => {
+  const path = join(t.context.dir, 'db');
+  const { store } = await seeded(path);
+  const err = t.throws(() => new SqliteStore(path, { lockTimeoutMs: 50 }));
+  t.true(isTandemError(err, 'ERR_CONFIG'), String(err));
+  t.regex(err!.message, /in use by another process/);
+  await store.close();
+  const after = new SqliteStore(path, { lockTimeoutMs: 50 });
+  t.is(await after.countDevices(), 1);
+  await after.close();
+});
