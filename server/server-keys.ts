@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { writeFileDurable } from '../shared/durable-write.ts';
 import { TandemError } from '../shared/errors.ts';
 import { createKeyring, verifyKeyring, type KeyringDocument, type VerifiedKeyring } from '../shared/keyring.ts';
-import { decodePrivateKeyFile, decodePublicKeyFile, encodePrivateKeyFile, encodePublicKeyFile, generateKeyPair } from '../shared/keys.ts';
+import { generateKeySet } from '../shared/key-files.ts';
+import { decodePrivateKeyFile, decodePublicKeyFile } from '../shared/keys.ts';
 import { parseSafeJson } from '../shared/safe-json.ts';
 import type { ServerConfig } from './config.ts';
 
@@ -48,7 +49,7 @@ export async function loadServerKeys(config: Readonly<ServerConfig>, now = new D
   let created = false;
   if (!(await exists(paths.keyringPath))) {
     if (config.keys.keyring !== undefined) throw new TandemError('ERR_CONFIG', `The configured keyring ${paths.keyringPath} does not exist.`);
-    await createDevelopmentKeys(paths, now);
+    await createDevelopmentKeys(config, dir, now);
     created = true;
   }
   if (!(await exists(paths.rootPrivateKeyPath!))) paths.rootPrivateKeyPath = null;
@@ -95,18 +96,11 @@ function devKeyring(version: number, rootKey: KeyObject, rootPub: Buffer, releas
   );
 }
 
-async function createDevelopmentKeys(paths: ServerKeys['paths'], now: Date): Promise<void> {
-  await mkdir(paths.dir, { recursive: true, mode: 0o700 });
-  const root = generateKeyPair();
-  const release = generateKeyPair();
-  const server = generateKeyPair();
-  await writeFileDurable(join(paths.dir, 'root.key'), encodePrivateKeyFile(root.privateKey), { mode: 0o600 });
-  await writeFileDurable(paths.rootPublicKeyPath, encodePublicKeyFile(root.publicKey));
-  await writeFileDurable(paths.releaseKeyPath, encodePrivateKeyFile(release.privateKey), { mode: 0o600 });
-  await writeFileDurable(join(paths.dir, 'release.pub'), encodePublicKeyFile(release.publicKey));
-  await writeFileDurable(paths.serverKeyPath, encodePrivateKeyFile(server.privateKey), { mode: 0o600 });
-  await writeFileDurable(join(paths.dir, 'server.pub'), encodePublicKeyFile(server.publicKey));
-  // The keyring last: its presence is what marks the set as complete.
-  const keyring = devKeyring(1, root.privateKey, root.publicKey, release.publicKey, server.publicKey, now);
-  await writeFileDurable(paths.keyringPath, `${JSON.stringify(keyring, null, 2)}\n`);
+async function createDevelopmentKeys(config: Readonly<ServerConfig>, dir: string, now: Date): Promise<void> {
+  const custom = (['rootPublicKey', 'releaseKey', 'serverKey'] as const).filter((k) => config.keys[k] !== undefined);
+  if (custom.length > 0) {
+    throw new TandemError('ERR_CONFIG', `keys.${custom[0]} is set but keys.keyring is not: configure the keyring signed for these keys, or unset them to get development keys under ${dir}.`);
+  }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await generateKeySet(dir, { serverKey: true, now });
 }

@@ -31,6 +31,7 @@ export interface KeySetPaths {
   releaseKey: string;
   releasePub: string;
   serverKey?: string;
+  serverPub?: string;
   keyring: string;
 }
 
@@ -43,7 +44,7 @@ export async function generateKeySet(dir: string, options: KeySetOptions = {}): 
     releaseKey: join(dir, 'release.key'),
     releasePub: join(dir, 'release.pub'),
     keyring: join(dir, 'keyring.json'),
-    ...(options.serverKey ? { serverKey: join(dir, 'server.key') } : {}),
+    ...(options.serverKey ? { serverKey: join(dir, 'server.key'), serverPub: join(dir, 'server.pub') } : {}),
   };
   for (const path of Object.values(paths)) {
     if (await readFile(path).then(() => true, () => false)) {
@@ -69,7 +70,11 @@ export async function generateKeySet(dir: string, options: KeySetOptions = {}): 
   await writeFileDurable(paths.rootPub, encodePublicKeyFile(root.publicKey));
   await writeFileDurable(paths.releaseKey, encodePrivateKeyFile(release.privateKey), { mode: 0o600 });
   await writeFileDurable(paths.releasePub, encodePublicKeyFile(release.publicKey));
-  if (server && paths.serverKey) await writeFileDurable(paths.serverKey, encodePrivateKeyFile(server.privateKey), { mode: 0o600 });
+  if (server && paths.serverKey && paths.serverPub) {
+    await writeFileDurable(paths.serverKey, encodePrivateKeyFile(server.privateKey), { mode: 0o600 });
+    await writeFileDurable(paths.serverPub, encodePublicKeyFile(server.publicKey));
+  }
+  // The keyring last: its presence is what marks the set as complete.
   await writeFileDurable(paths.keyring, `${canonicalize(keyring)}\n`);
   return paths;
 }

@@ -116,7 +116,14 @@ function jobOf(r: Row): Job {
   };
 }
 
-const FAILURE_TYPES = new Set(['error', 'rolledBack']);
+/**
+ * Only a rollback bars a release for a device on the server's own word: an
+ * `error` is one failed attempt, and the agent decides when attempts are
+ * exhausted (or the release itself is at fault) and then lists the version in
+ * its check-in's `failedVersions`. Barring on any error would also defeat the
+ * delta → full fallback the next check-in asks for.
+ */
+const BARRING_TYPES = new Set(['rolledBack']);
 const OUTCOME_TYPES = new Set(['error', 'rolledBack', 'committed']);
 
 export class SqliteStore implements Store {
@@ -484,7 +491,7 @@ export class SqliteStore implements Store {
           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
           .run(deviceId, e.id, e.type, e.version, e.channel, e.at, e.code, e.message, e.payloadKind, e.progressDone, e.progressTotal, e.releaseId, e.receivedAt);
         accepted++;
-        if (FAILURE_TYPES.has(e.type)) {
+        if (BARRING_TYPES.has(e.type)) {
           this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'event', ?) ON CONFLICT DO NOTHING")
             .run(deviceId, e.version, e.receivedAt, e.code);
         }
@@ -512,7 +519,9 @@ export class SqliteStore implements Store {
       }
     }
     stats.attempts = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('committed', 'rolledBack', 'error')`).get(releaseId) as Row).n);
-    stats.failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('rolledBack', 'error')`).get(releaseId) as Row).n);
+    // A device whose attempt failed but which then committed (e.g. delta refused, full installed) is a success.
+    stats.failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events e WHERE release_id = ? AND (type = 'rolledBack'
+      OR (type = 'error' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.release_id = e.release_id AND c.device_id = e.device_id AND c.type = 'committed')))`).get(releaseId) as Row).n);
     const codes = this.st(`SELECT COALESCE(code, 'ERR_UNKNOWN') AS code, COUNT(DISTINCT device_id) AS n FROM events
       WHERE release_id = ? AND type IN ('rolledBack', 'error') GROUP BY COALESCE(code, 'ERR_UNKNOWN')`).all(releaseId) as Row[];
     for (const r of codes) stats.errorsByCode[str(r.code)] = num(r.n);

@@ -1,6 +1,7 @@
 import anyTest, { type TestFn } from 'ava';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { canonicalBytes } from '../../shared/canonical-json.ts';
@@ -31,10 +32,21 @@ test('healthz, keys on disk and the admin token file', async (t) => {
   const res = await request(`${ts.server.url}/healthz`);
   t.is(res.statusCode, 200);
   t.deepEqual(await res.body.json(), { status: 'ok' });
-  for (const f of ['root.key', 'root.pub', 'release.key', 'server.key', 'keyring.json']) t.true((await stat(join(ts.dir, 'keys', f))).isFile(), f);
+  for (const f of ['root.key', 'root.pub', 'release.key', 'release.pub', 'server.key', 'server.pub', 'keyring.json']) t.true((await stat(join(ts.dir, 'keys', f))).isFile(), f);
   const tokenFile = await stat(join(ts.dir, 'admin-token'));
   t.is(tokenFile.mode & 0o777, 0o600);
   t.is((await readFile(join(ts.dir, 'admin-token'), 'utf8')).trim(), ts.server.adminToken);
+});
+
+test('a key path configured without its keyring is a configuration error, not a new key set', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'tandem-server-keys-'));
+  try {
+    const error = await t.throwsAsync(startTestServer({ keys: { releaseKey: join(dir, 'offline-release.key') } }, dir));
+    t.is((error as { code?: string }).code, 'ERR_CONFIG');
+    t.deepEqual(await readdir(dir).then((names) => names.filter((n) => n === 'keys')), []);
+  } finally {
+    await removeDir(dir);
+  }
 });
 
 test('enrollment, then a signed check-in verified with the keyring server key', async (t) => {
