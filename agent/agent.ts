@@ -16,6 +16,7 @@ import { TandemError, isTandemError, toTandemError } from '../shared/errors.ts';
 import type { RootTrust } from '../shared/keyring.ts';
 import { validateEnrollResponse, type DeviceEvent, type EventType } from '../shared/schemas/protocol.ts';
 import { parseVersion } from '../shared/versions.ts';
+import { loadZstdCodec, type ZstdBinding } from '../payloads/zstd.ts';
 import { backoffSeconds, pollSeconds, sleep } from './backoff.ts';
 import { createBootControl, otherSlot, type BootControl, type BootState, type Slot } from './boot-control/index.ts';
 import type { AgentConfig } from './config.ts';
@@ -86,6 +87,8 @@ export class DeviceAgent {
   private readonly log: AgentLogger;
   private readonly now: () => Date;
   private readonly random: () => number;
+  /** One WebAssembly zstd instance (a 16 MiB heap) for the daemon's life: offers and payloads share it. */
+  private decoderLoad: Promise<ZstdBinding> | undefined;
 
   private constructor(
     readonly config: AgentConfig,
@@ -156,6 +159,11 @@ export class DeviceAgent {
   }
 
   /** The root trust: keys adopted from a rotated keyring, else the pinned ones. */
+  private decoder(): Promise<ZstdBinding> {
+    this.decoderLoad ??= loadZstdCodec();
+    return this.decoderLoad;
+  }
+
   trust(): RootTrust {
     const adopted = this.state.trustedRoots;
     if (adopted) return { rootKeys: adopted.keys.map((k) => Buffer.from(k, 'base64')), threshold: adopted.threshold };
@@ -263,6 +271,7 @@ export class DeviceAgent {
           ...(this.state.keyringVersion !== undefined ? { keyringVersion: this.state.keyringVersion } : {}),
         },
         trust: this.trust(),
+        decoder: await this.decoder(),
         ...(this.state.keyringVersion !== undefined ? { minKeyringVersion: this.state.keyringVersion } : {}),
         maxResponseBytes: this.config.download.maxCheckResponseBytes,
         dispatcher: this.dispatcher,
@@ -368,6 +377,7 @@ export class DeviceAgent {
           target: paths[initial.toSlot],
           ...(initial.kind === 'delta' ? { source: paths[initial.fromSlot] } : {}),
           trust: this.trust(),
+          decoder: await this.decoder(),
           ...(this.state.keyringVersion !== undefined ? { minKeyringVersion: this.state.keyringVersion } : {}),
           checkpointEveryBytes: this.config.download.checkpointEveryBytes,
           dispatcher: this.dispatcher,

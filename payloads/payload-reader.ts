@@ -54,6 +54,8 @@ export interface TrustOptions {
   now?: Date;
   /** Refuse keyrings older than this version (a device remembers the newest it saw). */
   minKeyringVersion?: number;
+  /** Reuse this WebAssembly decoder (a daemon keeps one: each instance is a 16 MiB heap) instead of instantiating one. */
+  decoder?: ZstdBinding;
 }
 
 export async function readPrelude(reader: ByteReader): Promise<Prelude> {
@@ -77,10 +79,18 @@ export async function readPrelude(reader: ByteReader): Promise<Prelude> {
  * bytes first, so the decoder never sees unauthenticated input on a device.
  */
 export async function decodeManifest(prelude: Prelude, zstd?: ZstdBinding): Promise<Buffer> {
-  zstd ??= await loadZstdCodec();
-  const rawSize = prelude.header.manifestRawLength;
+  return decodeStoredManifest(prelude.manifestBytes, prelude.header.manifestRawLength, zstd ?? (await loadZstdCodec()));
+}
+
+/**
+ * The manifest as stored and signed (one zstd frame of canonical JSON) decoded
+ * to exactly `rawSize` bytes: a payload's header declares it, an offer's frame
+ * header does. Call only after the signature over `stored` verified.
+ */
+export function decodeStoredManifest(stored: Buffer, rawSize: number, zstd: ZstdBinding): Buffer {
   try {
-    return decodeFrame(zstd, prelude.manifestBytes, Buffer.allocUnsafe(rawSize), { rawSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
+    if (rawSize > MANIFEST_MAX_BYTES) throw new Error(`it decodes to ${rawSize} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`);
+    return decodeFrame(zstd, stored, Buffer.allocUnsafe(rawSize), { rawSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
   } catch (cause) {
     throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
   }
@@ -103,7 +113,7 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
     ...(options.minKeyringVersion === undefined ? {} : { minVersion: options.minKeyringVersion }),
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
-  const decoder = await loadZstdCodec();
+  const decoder = options.decoder ?? (await loadZstdCodec());
   return { prelude, manifest: parseManifest(await decodeManifest(prelude, decoder)), keyring, keyId, decoder };
 }
 

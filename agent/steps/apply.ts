@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { applyPayload, resumePayload, type ApplyResult, type Checkpoint } from '../../payloads/apply.ts';
 import type { VerifiedPayload } from '../../payloads/payload-reader.ts';
+import type { ZstdBinding } from '../../payloads/zstd.ts';
 import { TandemError } from '../../shared/errors.ts';
 import type { RootTrust } from '../../shared/keyring.ts';
 import type { Manifest } from '../../shared/schemas/manifest.ts';
@@ -70,6 +71,7 @@ export interface ApplyStepInput {
   target: string;
   source?: string;
   trust: RootTrust;
+  decoder?: ZstdBinding;
   minKeyringVersion?: number;
   checkpointEveryBytes: number;
   /** Persist the prelude and the checkpoint; resolves once both are durable. */
@@ -83,6 +85,7 @@ function options(input: ApplyStepInput) {
     target: input.target,
     ...(input.source !== undefined ? { source: input.source } : {}),
     trust: input.trust,
+    ...(input.decoder ? { decoder: input.decoder } : {}),
     ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
     checkpointEveryBytes: input.checkpointEveryBytes,
     accept: (verified: VerifiedPayload) => {

@@ -16,9 +16,9 @@ import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring 
 import { decodeBase64Strict } from '../../shared/keys.ts';
 import type { Manifest } from '../../shared/schemas/manifest.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type CheckResponseBody, type UpdateOffer } from '../../shared/schemas/protocol.ts';
-import { MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_WINDOW_LOG } from '../../payloads/format.ts';
-import { parseManifest } from '../../payloads/payload-reader.ts';
-import { decodeFrame, inspectFrame, loadZstdCodec } from '../../payloads/zstd.ts';
+import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
+import { decodeStoredManifest, parseManifest } from '../../payloads/payload-reader.ts';
+import { inspectFrame, type ZstdBinding } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
 import type { Slot } from '../boot-control/index.ts';
 import { checkInstallPolicy } from './apply.ts';
@@ -35,6 +35,7 @@ export interface CheckInput {
   signal?: AbortSignal;
   /** Tolerated clock difference for issuedAt in the future (seconds). */
   clockSkewSeconds?: number;
+  decoder: ZstdBinding;
 }
 
 export interface VerifiedOffer {
@@ -75,6 +76,7 @@ export async function runCheck(input: CheckInput): Promise<CheckResult> {
     now: (input.now ?? (() => new Date()))(),
     server: input.server,
     clockSkewSeconds: input.clockSkewSeconds ?? 300,
+    decoder: input.decoder,
     ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
   });
 }
@@ -87,6 +89,8 @@ export interface ResponseExpectations {
   now: Date;
   server: string;
   clockSkewSeconds: number;
+  /** Decodes the offered manifest; the daemon's one WebAssembly instance. */
+  decoder: ZstdBinding;
 }
 
 /** Every check a response must pass, in the order that reveals the least to an attacker. */
@@ -108,7 +112,7 @@ export async function verifyCheckResponse(json: unknown, expect: ResponseExpecta
   }
   checkFreshness(body, expect.now, expect.clockSkewSeconds);
   const result: CheckResult = { pollAfterSeconds: body.pollAfterSeconds, keyring };
-  if (body.result === 'update' && body.update) result.update = await verifyOffer(body.update, keyring, expect.now, expect.server);
+  if (body.result === 'update' && body.update) result.update = verifyOffer(body.update, keyring, expect);
   return result;
 }
 
@@ -132,25 +136,24 @@ function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number)
  * JSON (format v1). Decoded only after its signature verified, bounded by the
  * content size its frame header declares.
  */
-async function decodeOfferedManifest(stored: Buffer): Promise<Buffer> {
+function decodeOfferedManifest(stored: Buffer, decoder: ZstdBinding): Buffer {
   if (stored.length < 4 || stored.readUInt32LE(0) !== 0xfd2fb528) return stored;
+  let contentSize: number | undefined;
   try {
-    const { contentSize } = inspectFrame(stored);
-    if (contentSize === undefined || contentSize > MANIFEST_MAX_BYTES) {
-      throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its zstd frame does not declare a bounded size.');
-    }
-    return decodeFrame(await loadZstdCodec(), stored, Buffer.allocUnsafe(contentSize), { rawSize: contentSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
+    contentSize = inspectFrame(stored).contentSize;
   } catch (cause) {
-    if (cause instanceof TandemError && cause.code === 'ERR_MANIFEST_INVALID') throw cause;
     throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
   }
+  if (contentSize === undefined) throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its zstd frame does not declare a bounded size.');
+  return decodeStoredManifest(stored, contentSize, decoder);
 }
 
-async function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, now: Date, server: string): Promise<VerifiedOffer> {
+function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: ResponseExpectations): VerifiedOffer {
+  const { now, server } = expect;
   const manifestBytes = decodeBase64Strict(offer.manifest);
   if (manifestBytes === undefined) throw new TandemError('ERR_OFFER_MISMATCH', 'The offered manifest is not canonical base64.');
   verifySignedBytes(manifestBytes, offer.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now, 'release');
-  const manifest = parseManifest(await decodeOfferedManifest(manifestBytes));
+  const manifest = parseManifest(decodeOfferedManifest(manifestBytes, expect.decoder));
   const mismatch = (what: string): never => {
     throw new TandemError('ERR_OFFER_MISMATCH', `The offer's ${what} disagrees with its signed manifest.`, { details: { field: what } });
   };
