@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-// Launcher: runs the TypeScript entry point through tsx, so no build step is needed.
-import { register } from 'tsx/esm/api';
+import { launch } from './launch.js';
 
-register();
-await import('./tandem-server.ts');
+await launch('tandem-server');

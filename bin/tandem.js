@@ -1,8 +1,6 @@
 #!/usr/bin/env -S node --max-semi-space-size=1
 // A small young generation keeps the peak RSS of a payload apply near its working set
 // (measured applying the fixture delta: 151 MiB -> 126 MiB); the cost is more minor GCs.
-// Launcher: runs the TypeScript entry point through tsx, so no build step is needed.
-import { register } from 'tsx/esm/api';
+import { launch } from './launch.js';
 
-register();
-await import('./tandem.ts');
+await launch('tandem');
