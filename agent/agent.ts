@@ -618,9 +618,11 @@ export class DeviceAgent {
   /**
    * Rolls back now: an update under trial is failed (and barred); otherwise the
    * running slot is marked bad and the other one — only if it holds a version the
-   * agent verified — becomes active. Then reboots.
+   * agent verified — becomes active. Then reboots. `force` is the operator's
+   * word that the other slot is bootable when the agent cannot know it (the
+   * factory image, installed before the agent): its bytes are then not checked.
    */
-  async rollback(signal?: AbortSignal): Promise<CycleResult | { result: 'rollingBack'; slot: Slot; rebootRequested: boolean }> {
+  async rollback(signal?: AbortSignal, options: { force?: boolean } = {}): Promise<CycleResult | { result: 'rollingBack'; slot: Slot; rebootRequested: boolean; verified: boolean }> {
     const update = this.state.update;
     if (update && this.booted === update.toSlot && (this.state.phase === 'healthChecking' || this.state.phase === 'waitingForReboot')) {
       if (this.state.phase !== 'healthChecking') await this.transition({ type: 'bootedNewSlot', at: this.iso() });
@@ -632,17 +634,20 @@ export class DeviceAgent {
     }
     const other = otherSlot(this.booted);
     const known = this.state.slots[other];
-    if (!known?.sha256) {
-      throw new TandemError('ERR_ROLLBACK_UNSAFE', `Slot ${other} holds no image this agent installed and verified; refusing to boot it.`);
+    if (known?.sha256) {
+      await verifySlot(slotPaths(this.config)[other], { size: await this.slotImageSize(other), sha256: known.sha256 }, signal).catch((err: unknown) => {
+        throw new TandemError('ERR_ROLLBACK_UNSAFE', `Slot ${other} no longer holds version ${known.version}: ${(err as Error).message}`, { cause: err });
+      });
+    } else if (options.force === true) {
+      this.log.warn({ slot: other }, 'rolling back to a slot this agent never verified, on the operator\'s word (--force)');
+    } else {
+      throw new TandemError('ERR_ROLLBACK_UNSAFE', `Slot ${other} holds no image this agent installed and verified (e.g. the factory image); refusing to boot it. If you know it is bootable, use --force.`);
     }
-    await verifySlot(slotPaths(this.config)[other], { size: await this.slotImageSize(other), sha256: known.sha256 }, signal).catch((err: unknown) => {
-      throw new TandemError('ERR_ROLLBACK_UNSAFE', `Slot ${other} no longer holds version ${known.version}: ${(err as Error).message}`, { cause: err });
-    });
     await this.control.markGood(other);
     await this.control.markBad(this.booted);
     await this.refreshBoot();
     const rebootRequested = await this.reboot(signal);
-    return { result: 'rollingBack', slot: other, rebootRequested };
+    return { result: 'rollingBack', slot: other, rebootRequested, verified: known?.sha256 !== undefined };
   }
 
   private async slotImageSize(slot: Slot): Promise<number> {

@@ -8,7 +8,7 @@
  *                                     reboot pending, 2 nothing to do, 1 rolled back, other codes on errors
  *   status --config FILE [--json]
  *   enroll --config FILE --token T
- *   mark-good --config FILE | rollback --config FILE
+ *   mark-good --config FILE | rollback --config FILE [--force]
  *   bootenv --backend grub|uboot|file --env FILE [--env-redundant FILE2] [--size N]
  *           show | try A|B --tries N | mark-good A|B | fallback
  */
@@ -146,12 +146,12 @@ const markGood: Command = async (argv, io) => {
 };
 
 const rollback: Command = async (argv, io) => {
-  const { values } = parseCommandArgs(argv, { config: { type: 'string' }, json: { type: 'boolean' } }, false);
+  const { values } = parseCommandArgs(argv, { config: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } }, false);
   const agent = await openAgent(requireOption(values.config, 'config'), io, { quiet: true });
   try {
-    const result = await agent.rollback();
+    const result = await agent.rollback(undefined, { force: values.force === true });
     if (values.json) printJson(io, result);
-    else if ('slot' in result) io.stdout.write(`rolling back to slot ${result.slot}${result.rebootRequested ? '; rebooting' : '; reboot to finish'}\n`);
+    else if ('slot' in result) io.stdout.write(`rolling back to slot ${result.slot}${result.verified ? '' : ' (not verified: --force)'}${result.rebootRequested ? '; rebooting' : '; reboot to finish'}\n`);
     else io.stdout.write(`${describe(result)}\n`);
     return EXIT.ok;
   } finally {

@@ -96,6 +96,18 @@ test('check: 2 with nothing to do, 0 once installed (reboot requested); status -
   t.regex(good.stdout, /committed 1\.1\.0/);
   const text = await agent(['status', '--config', dev.configPath]);
   t.regex(text.stdout, /running\s+slot B, version 1\.1\.0/);
+
+  // Back to the factory image in slot A: the agent never verified it (a full update does not read the
+  // source), so it refuses on its own and does it only on the operator's --force.
+  const refused = await agent(['rollback', '--config', dev.configPath]);
+  t.is(refused.code, 65, refused.stderr);
+  t.regex(refused.stderr, /ERR_ROLLBACK_UNSAFE.*--force/s);
+  t.like(await dev.control.read(), { active: 'B', good: { B: true } });
+  const forced = await agent(['rollback', '--config', dev.configPath, '--force', '--json']);
+  t.is(forced.code, 0, forced.stderr);
+  t.like(JSON.parse(forced.stdout), { result: 'rollingBack', slot: 'A', verified: false, rebootRequested: true });
+  t.is(await dev.reboot(), 'A');
+  t.true((await dev.slot('A')).equals(image1));
 });
 
 test('errors map to exit codes: a bad config exits 65 with the field named', async (t) => {
