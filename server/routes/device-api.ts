@@ -105,6 +105,7 @@ async function answerCheck(sc: ServerContext, device: Device, req: CheckRequest,
   });
   await sc.store.recordCheck({
     deviceId: device.id, version: req.version, slot: req.slot, channel: req.channel, at: now.toISOString(),
+    changed: device.version !== req.version || device.slot !== req.slot || device.channel !== req.channel,
     offeredReleaseId: decision.kind === 'update' ? decision.candidate.release.id : null,
     failedVersions: req.failedVersions.filter((v) => !known.has(v)),
   });

@@ -320,22 +320,21 @@ export class SqliteStore implements Store {
       this.checkBatchOpen = true;
       setImmediate(() => this.commitChecks());
     }
-    const seen = (): void => {
+    // The batch is one transaction: a record's statements commit or roll back with it, so no savepoint each.
+    // Unchanged version, slot and channel (most check-ins) leave the devices_channel index alone.
+    if (c.changed) {
       this.st('UPDATE devices SET version = ?, slot = ?, channel = ?, last_seen_at = ?, check_count = check_count + 1 WHERE id = ?')
         .run(c.version, c.slot, c.channel, c.at, c.deviceId);
-    };
-    // Most check-ins are the one UPDATE, atomic on its own; a record of several statements is a savepoint in the batch.
-    if (c.offeredReleaseId === null && c.failedVersions.length === 0) return seen();
-    this.transaction(() => {
-      seen();
-      if (c.offeredReleaseId !== null) {
-        this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(c.deviceId, c.offeredReleaseId, c.at);
-      }
-      for (const v of c.failedVersions) {
-        this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
-          .run(c.deviceId, v, c.at);
-      }
-    });
+    } else {
+      this.st('UPDATE devices SET last_seen_at = ?, check_count = check_count + 1 WHERE id = ?').run(c.at, c.deviceId);
+    }
+    if (c.offeredReleaseId !== null) {
+      this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(c.deviceId, c.offeredReleaseId, c.at);
+    }
+    for (const v of c.failedVersions) {
+      this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
+        .run(c.deviceId, v, c.at);
+    }
   }
 
   async activeFailures(deviceId: string): Promise<string[]> {

@@ -173,6 +173,8 @@ export interface CheckRecord {
   channel: string;
   at: string;
   offeredReleaseId: string | null;
+  /** False when version, slot and channel are what the device row already says (most check-ins): only last-seen changes. */
+  changed: boolean;
   /** Versions the device reports as failed; recorded unless a release manager cleared them. */
   failedVersions: string[];
 }

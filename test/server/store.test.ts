@@ -77,7 +77,7 @@ test('check records are visible at once, committed at the end of the turn, befor
   const r1 = release('1.0.0');
   await store.createRelease(r1.release, r1.rollout);
   const check = (at: string, failedVersions: string[] = []) =>
-    store.recordCheck({ deviceId: device.id, version: '0.9.0', slot: 'B', channel: 'stable', at, offeredReleaseId: r1.release.id, failedVersions });
+    store.recordCheck({ deviceId: device.id, version: '0.9.0', slot: 'B', channel: 'stable', at, changed: true, offeredReleaseId: r1.release.id, failedVersions });
 
   await check('2026-01-01T00:00:01.000Z', ['0.8.0']);
   t.true(store.db.inTransaction, 'the batch is open until the turn ends');
