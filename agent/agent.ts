@@ -17,7 +17,7 @@ import type { RootTrust } from '../shared/keyring.ts';
 import { validateEnrollResponse, type DeviceEvent, type EventType } from '../shared/schemas/protocol.ts';
 import { parseVersion } from '../shared/versions.ts';
 import { loadZstdCodec, type ZstdBinding } from '../payloads/zstd.ts';
-import { backoffSeconds, pollSeconds, sleep } from './backoff.ts';
+import { backoffSeconds, pollSeconds, retryWaitSeconds, sleep } from './backoff.ts';
 import { createBootControl, otherSlot, type BootControl, type BootState, type Slot } from './boot-control/index.ts';
 import type { AgentConfig } from './config.ts';
 import { callJson, createDispatcher, isTransient } from './http.ts';
@@ -568,7 +568,7 @@ export class DeviceAgent {
         if (signal.aborted) break;
         errors++;
         const error = toTandemError(err);
-        wait = backoffSeconds(errors - 1, this.config.poll.errorBackoffBaseSeconds, this.config.poll.errorBackoffMaxSeconds, this.random);
+        wait = retryWaitSeconds(backoffSeconds(errors - 1, this.config.poll.errorBackoffBaseSeconds, this.config.poll.errorBackoffMaxSeconds, this.random), error);
         this.log.error({ code: error.code, message: error.message, retryInSeconds: Math.round(wait) }, 'cycle failed');
         if (isTandemError(err, 'ERR_STATE_CORRUPT')) throw err;
       }

@@ -10,6 +10,30 @@ export function backoffSeconds(attempt: number, baseSeconds: number, maxSeconds:
   return exp / 2 + (random() * exp) / 2;
 }
 
+/**
+ * A server's Retry-After (RFC 9110 10.2.3: delay-seconds or an HTTP-date) in
+ * seconds, or undefined when absent or unreadable; capped, so a hostile or
+ * broken server cannot park a device for days.
+ */
+export function parseRetryAfter(value: string | undefined, now: Date, maxSeconds = 3600): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  let seconds: number;
+  if (/^\d{1,10}$/.test(text)) seconds = Number(text);
+  else {
+    const at = Date.parse(text);
+    if (!/^[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/.test(text) || Number.isNaN(at)) return undefined;
+    seconds = Math.max(0, (at - now.getTime()) / 1000);
+  }
+  return Math.min(seconds, maxSeconds);
+}
+
+/** The wait before a retry: the backoff, or longer when the server asked for it (Retry-After) in the error's details. */
+export function retryWaitSeconds(backoff: number, error: { details?: Record<string, unknown> }): number {
+  const asked = error.details?.retryAfterSeconds;
+  return typeof asked === 'number' && asked > backoff ? asked : backoff;
+}
+
 /** The interval to the next check: the server's (or the default), clamped, ± jitter. Seconds. */
 export function pollSeconds(
   requested: number | undefined,

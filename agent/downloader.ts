@@ -10,6 +10,7 @@
  */
 import { request, type Dispatcher } from 'undici';
 import { TandemError } from '../shared/errors.ts';
+import { parseRetryAfter } from './backoff.ts';
 import { networkError } from './http.ts';
 
 export interface PayloadRequest {
@@ -72,7 +73,8 @@ export async function openPayloadStream(req: PayloadRequest): Promise<PayloadStr
     fail('ERR_PAYLOAD_CHANGED', `asked to resume at byte ${req.offset} with ETag ${req.etag ?? '(none)'} but got the whole payload: it changed since the download began.`, { etag });
   }
   if (res.statusCode !== (ranged ? 206 : 200)) {
-    fail('ERR_HTTP_STATUS', `HTTP ${res.statusCode} (expected ${ranged ? 206 : 200}).`);
+    const retryAfterSeconds = parseRetryAfter(header('retry-after'), new Date());
+    fail('ERR_HTTP_STATUS', `HTTP ${res.statusCode} (expected ${ranged ? 206 : 200}).`, retryAfterSeconds === undefined ? {} : { retryAfterSeconds });
   }
   if (ranged) {
     const m = CONTENT_RANGE.exec(header('content-range') ?? '');

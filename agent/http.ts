@@ -8,6 +8,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import { TandemError, isTandemError } from '../shared/errors.ts';
 import { parseSafeJson, type JsonValue } from '../shared/safe-json.ts';
+import { parseRetryAfter } from './backoff.ts';
 
 export interface HttpOptions {
   connectTimeoutSeconds: number;
@@ -105,8 +106,10 @@ export async function callJson(call: JsonCall): Promise<JsonResult> {
     const error = (json as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
     const serverCode = typeof error?.code === 'string' ? error.code.slice(0, 64) : undefined;
     const serverMessage = typeof error?.message === 'string' ? error.message.slice(0, 300) : '';
+    const retryAfter = res.headers['retry-after'];
+    const retryAfterSeconds = parseRetryAfter(Array.isArray(retryAfter) ? retryAfter[0] : retryAfter, new Date());
     throw new TandemError('ERR_HTTP_STATUS', `${call.method} ${call.url}: HTTP ${res.statusCode}${serverCode ? ` ${serverCode}` : ''}${serverMessage ? `: ${serverMessage}` : ''}`, {
-      details: { status: res.statusCode, url: call.url, ...(serverCode ? { serverCode } : {}) },
+      details: { status: res.statusCode, url: call.url, ...(serverCode ? { serverCode } : {}), ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }) },
     });
   }
   return { status: res.statusCode, json };

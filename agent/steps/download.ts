@@ -10,7 +10,7 @@
 import type { Dispatcher } from 'undici';
 import type { ApplyResult, Checkpoint } from '../../payloads/apply.ts';
 import { toTandemError } from '../../shared/errors.ts';
-import { backoffSeconds, sleep } from '../backoff.ts';
+import { backoffSeconds, retryWaitSeconds, sleep } from '../backoff.ts';
 import { openPayloadStream } from '../downloader.ts';
 import { isTransient } from '../http.ts';
 import type { UpdateRecord } from '../state.ts';
@@ -102,7 +102,7 @@ export async function downloadStep(input: DownloadStepInput): Promise<ApplyResul
       }
       if (!isTransient(error) || failures >= input.retry.retries) throw error;
       failures++;
-      const wait = backoffSeconds(failures - 1, input.retry.backoffBaseSeconds, input.retry.backoffMaxSeconds, input.random);
+      const wait = retryWaitSeconds(backoffSeconds(failures - 1, input.retry.backoffBaseSeconds, input.retry.backoffMaxSeconds, input.random), error);
       input.log?.('download failed, retrying', { code: error.code, message: error.message, retryInSeconds: Number(wait.toFixed(2)), failures });
       await sleep(wait, input.signal);
     }

@@ -7,9 +7,12 @@
  * Per request this does what a plain node:http file server does (open, read,
  * close) and little more, since a fleet fetches in ranges and every
  * thread-pool round trip counts:
- * - a payload's size and date are read once (fstat of the opened file) and
- *   kept: a file named by its sha256 never changes. The file is still opened
- *   for every request, so one that was removed is a 404, as before;
+ * - a payload's size and date come from an fstat of the file opened for the
+ *   request, never from a cache: a file named by its sha256 should never
+ *   change, but one replaced by hand (or by an attacker) must not be
+ *   announced with a stale Content-Length — the device refuses the bytes on
+ *   their hashes, and serving resumes correctly once the file is restored
+ *   (test/campaigns network scenario `replaced-first-serve`);
  * - the body goes out through http/send-file-range.ts: 256 KiB reads (a
  *   quarter of the reads, and thread-pool round trips, of the 64 KiB
  *   default) into reused buffers, instead of a read stream allocating a new
@@ -30,8 +33,6 @@ const SHA256 = /^[0-9a-f]{64}$/;
 const READ_BYTES = 256 * 1024;
 /** Free read buffers kept between responses (16 MiB); two per response in flight. */
 const KEEP_BUFFERS = 64;
-/** Bounds the metadata kept: far more payloads than a server publishes in its life. */
-const MAX_KNOWN = 4096;
 
 interface PayloadFile {
   size: number;
@@ -84,23 +85,17 @@ export function parseRange(header: string | undefined, size: number): ByteRange 
 
 export function payloadRouter(sc: ServerContext): Router {
   const router = new Router();
-  const known = new Map<string, PayloadFile>();
   const buffers = new BufferPool(READ_BYTES, KEEP_BUFFERS);
   const notFound = (sha256: string): TandemError => {
     sc.metrics.inc('tandem_payload_requests_total', { status: '404' });
     return new TandemError('ERR_NOT_FOUND', `No payload ${sha256}.`);
   };
 
-  /** Size and date from the open file, once per payload. */
+  /** Size and date of the open file. */
   const describe = async (sha256: string, fd: number): Promise<PayloadFile> => {
-    let info = known.get(sha256);
-    if (info) return info;
     const st = await statOf(fd);
     if (!st.isFile()) throw notFound(sha256);
-    info = { size: st.size, lastModified: st.mtime.toUTCString() };
-    if (known.size >= MAX_KNOWN) known.delete(known.keys().next().value!);
-    known.set(sha256, info);
-    return info;
+    return { size: st.size, lastModified: st.mtime.toUTCString() };
   };
 
   const serve = async (ctx: Context): Promise<void> => {
@@ -108,10 +103,7 @@ export function payloadRouter(sc: ServerContext): Router {
     if (!SHA256.test(sha256)) throw new TandemError('ERR_INVALID_ARGUMENT', 'A payload is named by its lowercase hex sha256.');
     // Opened before any header is set, so a missing file is a JSON 404 like any other error.
     const fd = await openForReading(join(sc.paths.payloads, sha256));
-    if (fd === undefined) {
-      known.delete(sha256);
-      throw notFound(sha256);
-    }
+    if (fd === undefined) throw notFound(sha256);
     let sending = false;
     try {
       sending = respond(ctx, sha256, fd, await describe(sha256, fd));

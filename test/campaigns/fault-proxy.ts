@@ -48,7 +48,8 @@ export type Fault =
   /** Run `run` (awaited) before the request goes upstream, then forward it unharmed. */
   | { kind: 'beforeUpstream'; run: () => void | Promise<void> }
   /** Run `run` (awaited) once `afterBytes` body bytes went out, then carry on forwarding. */
-  | { kind: 'midBody'; afterBytes: number; run: () => void | Promise<void> };
+  /** Runs `run` once `afterBytes` went out; with `cut`, the connection then dies as a crashed server's would (whatever the upstream had already sent). */
+  | { kind: 'midBody'; afterBytes: number; run: () => void | Promise<void>; cut?: boolean };
 
 export interface FaultRule {
   /** Route as `routeOf` names it (default: any). */
@@ -433,6 +434,7 @@ export class FaultProxy {
                 continue;
               case 'midBody':
                 await fault!.run();
+                if (fault!.cut === true) return end('upstream-failed', 'reset');
                 continue;
               default:
                 continue;

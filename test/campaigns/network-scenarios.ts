@@ -331,6 +331,8 @@ export const SCENARIOS: readonly Scenario[] = [
         fault: {
           kind: 'midBody',
           afterBytes: midBlob(layout, 1),
+          // Bytes the server wrote before it stopped must not reach the agent after it: the connection dies here.
+          cut: true,
           // The proxy waits for the stop (so the cut lands at this byte), not for the start.
           run: async () => {
             state.restartStarted = rig.proxy.now();
@@ -381,8 +383,9 @@ export const SCENARIOS: readonly Scenario[] = [
       { route: 'payload', fault: { kind: 'beforeUpstream', run: async () => rig.replacePayload(layout, await readFile(rig.oldFull.path)) } },
     ],
     clear: ({ rig, layout }) => restoreOriginal(rig, layout),
-    // The server has served this payload before and still sends its size: the agent reads the prelude and finds another manifest.
-    expect: { refusedWith: ['ERR_PAYLOAD_CHANGED'] },
+    // The server announces the file's size as it is now (never a cached one): the headers disagree with the signed offer
+    // (a smaller replacement: ERR_CONTENT_RANGE; a larger one: ERR_DOWNLOAD_TOO_LARGE), or, at the same size, the prelude does.
+    expect: { refusedWith: ['ERR_DOWNLOAD_TOO_LARGE', 'ERR_CONTENT_RANGE', 'ERR_PAYLOAD_CHANGED'] },
     judge: (_obs, { rig, layout }) => ({ detail: `${layout.size} bytes replaced by ${rig.oldFull.size} (${rig.oldFull.version} full)`, failures: rig.oldFull.size === layout.size ? ['the replacement has the same size'] : [] }),
   },
   {

@@ -21,16 +21,7 @@ interface Ctx {
 const test = anyTest as TestFn<Ctx>;
 
 /** Open bugs: the failure text that names each, and what it is. */
-const KNOWN_BUGS: Record<string, { failure: RegExp; bug: string }> = {
-  '503-storm': {
-    failure: /Retry-After: \d+ not honoured/,
-    bug: 'agent/downloader.ts + steps/download.ts ignore Retry-After: a 503 is retried on the agent\'s own backoff',
-  },
-  'replaced-first-serve': {
-    failure: /not completed after the fault cleared \((ERR_DOWNLOAD_TOO_LARGE|ERR_CONTENT_RANGE): .*Content-Length/,
-    bug: 'server/routes/payloads.ts caches a payload\'s size from the file it first served and never checks it again',
-  },
-};
+const KNOWN_BUGS: Record<string, { failure: RegExp; bug: string }> = {};
 
 test.before(async (t) => {
   const rig = await NetworkRig.start({ imageMiB: QUICK_PROFILE.imageMiB, deltaFraction: QUICK_PROFILE.deltaFraction });
