@@ -6,7 +6,7 @@
  * agent starts on the same folder — after a simulated power cut (decideBoot
  * applied to the boot env, as the bootloader would) or without one — and the
  * update must still end committed, with the bootable slot verified at every
- * step. Complements agent-kill.test.ts (random SIGKILLs of the real CLI), which
+ * step. Complements ../campaigns/power.test.ts (random SIGKILLs of the real CLI), which
  * rarely lands in the short verifying and finalizing windows.
  */
 import test from 'ava';
