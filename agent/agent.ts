@@ -23,7 +23,7 @@ import type { AgentConfig } from './config.ts';
 import { callJson, createDispatcher, isTransient } from './http.ts';
 import { requestReboot } from './reboot.ts';
 import { checkTargetIsNotRoot, detectBootedSlot, slotCapacity, slotPaths } from './slots.ts';
-import { nextState, type AgentEvent, type AgentState, type UpdateRecord } from './state.ts';
+import { initialState, nextState, type AgentEvent, type AgentState, type UpdateRecord } from './state.ts';
 import { StateStore } from './state-store.ts';
 import { runCheck, checkOffer, type VerifiedOffer } from './steps/check.ts';
 import { downloadStep } from './steps/download.ts';
@@ -122,9 +122,38 @@ export class DeviceAgent {
         }
       }
       const control = createBootControl(config.bootControl);
-      const { booted, boot } = await detectBootedSlot(config, control);
+      const log = options.logger ?? silentLogger;
+      const now = (options.now ?? (() => new Date()))();
+      const facts = await detectBootedSlot(config, control);
+      const { booted } = facts;
+      let { boot } = facts;
       await checkTargetIsNotRoot(config, booted);
-      const state = await store.load();
+      if (!options.readOnly) {
+        const removed = await store.removeStaleTemps();
+        if (removed > 0) log.info({ removed }, 'removed temp files of interrupted writes');
+      }
+      let state: AgentState;
+      try {
+        state = await store.load();
+      } catch (err) {
+        // Never stop for good on a damaged state file: set it aside and start blank. Nothing it said is trusted
+        // any more (no slot is known to hold anything); the boot env and the server still know what matters.
+        if (!isTandemError(err, 'ERR_STATE_CORRUPT') || options.readOnly) throw err;
+        const aside = await store.quarantine(now);
+        log.error({ code: err.code, message: err.message, movedTo: aside }, 'state file unreadable; moved aside, starting from a blank state');
+        state = { ...initialState(), lastError: { code: err.code, message: `${err.message} It was moved to ${aside}.`, at: now.toISOString() } };
+        await store.save(state);
+      }
+      if (facts.bootEnvUnreadable && !options.readOnly && state.phase === 'idle') {
+        // The bootloader booted its default; write a whole env again that says what is running (the other slot's
+        // content is unknown, so it is not marked good).
+        log.error({ code: facts.bootEnvUnreadable.code, message: facts.bootEnvUnreadable.message, booted }, 'boot environment unreadable; rewriting it for the running slot');
+        await control.markBad(otherSlot(booted));
+        await control.markGood(booted);
+        boot = await control.read();
+        state = { ...state, lastError: { code: facts.bootEnvUnreadable.code, message: facts.bootEnvUnreadable.message, at: now.toISOString() } };
+        await store.save(state);
+      }
       const credential = await store.loadCredential();
       const dispatcher = createDispatcher(config.download);
       return new DeviceAgent(config, store, control, dispatcher, unlock, { state, booted, boot, credential }, options);
@@ -214,7 +243,7 @@ export class DeviceAgent {
   async recover(signal?: AbortSignal): Promise<CycleResult | undefined> {
     const { phase } = this.state;
     const update = this.state.update;
-    if (phase === 'idle') return undefined;
+    if (phase === 'idle') return this.state.update === undefined && this.boot.trial && this.boot.active === this.booted ? this.adoptTrial(signal) : undefined;
     if (phase === 'checking') {
       await this.transition({ type: 'failed', code: 'ERR_ABORTED', message: 'A check was interrupted.', at: this.iso(), releaseFault: false, maxAttempts: 1 });
       return undefined;
@@ -471,6 +500,36 @@ export class DeviceAgent {
     this.log.error({ version: update.version, check: failing.name, detail: failing.detail }, 'health check failed; rolling back');
     await this.transition({ type: 'healthFailed', code: 'ERR_HEALTH_CHECK', message });
     return this.rollBack(this.state.update!, signal);
+  }
+
+  /**
+   * Running a slot on trial that no update record explains (the state file was
+   * lost, or an operator set the trial by hand): the health checks decide, as
+   * for an update. Never left unconfirmed, since an install would overwrite the
+   * other slot, the trial's fallback.
+   */
+  private async adoptTrial(signal?: AbortSignal): Promise<CycleResult> {
+    const version = await this.currentVersion().catch(() => 'unknown');
+    this.log.warn({ slot: this.booted, version }, 'running a slot on trial with no update on record; health checks decide');
+    const report = await runHealthChecks({
+      checks: this.config.health.checks,
+      deadline: Date.now() + this.config.health.deadlineSeconds * 1000,
+      intervalSeconds: this.config.health.intervalSeconds,
+      systemctl: this.config.health.systemctl,
+      dispatcher: this.dispatcher,
+      ...(signal ? { signal } : {}),
+      log: (message, fields) => this.log.warn({ ...fields }, message),
+    });
+    if (report.ok) {
+      await this.control.markGood(this.booted);
+      await this.refreshBoot();
+      return { result: 'committed', version };
+    }
+    this.log.error({ slot: this.booted, check: report.failing!.name, detail: report.failing!.detail }, 'trial slot failed its health checks; falling back');
+    await this.control.markBad(this.booted);
+    await this.refreshBoot();
+    const rebootRequested = await this.reboot(signal);
+    return { result: 'rollingBack', version, code: 'ERR_HEALTH_CHECK', rebootRequested };
   }
 
   private async commit(update: UpdateRecord): Promise<CycleResult> {

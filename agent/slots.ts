@@ -6,9 +6,11 @@
  */
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TandemError } from '../shared/errors.ts';
+import { TandemError, isTandemError } from '../shared/errors.ts';
 import type { BootControl, BootState, Slot } from './boot-control/index.ts';
 import { isSlot, otherSlot } from './boot-control/index.ts';
+import { decideBoot } from './boot-control/boot-decision.ts';
+import { bootStateFromVars } from './boot-control/boot-vars.ts';
 import type { AgentConfig } from './config.ts';
 
 /** The path a slot spec names (links resolved only when opened). */
@@ -46,6 +48,8 @@ export async function bootedSlotFromCmdline(cmdlinePath: string): Promise<Slot |
 export interface BootFacts {
   booted: Slot;
   boot: BootState;
+  /** Set when the boot environment could not be read: `boot` is then what the bootloader acts on (its safe default). */
+  bootEnvUnreadable?: TandemError;
 }
 
 /**
@@ -53,18 +57,27 @@ export interface BootFacts {
  * line, the bootloader's TANDEM_BOOTED, or (auto) those then the root device.
  */
 export async function detectBootedSlot(config: AgentConfig, control: BootControl): Promise<BootFacts> {
-  const boot = await control.read();
+  let boot: BootState;
+  let bootEnvUnreadable: TandemError | undefined;
+  try {
+    boot = await control.read();
+  } catch (err) {
+    // A torn or missing env is what the bootloader met too: it booted its safe default, and so reads it here.
+    if (!isTandemError(err, 'ERR_BOOTENV_CORRUPT') && !isTandemError(err, 'ERR_BOOTENV_MISSING')) throw err;
+    boot = bootStateFromVars(new Map());
+    bootEnvUnreadable = err;
+  }
   const paths = slotPaths(config);
   let booted: Slot | undefined;
   if (config.bootedSlotFrom !== 'bootenv') booted = await bootedSlotFromCmdline(config.cmdlinePath);
-  if (booted === undefined && config.bootedSlotFrom !== 'cmdline') booted = boot.booted;
+  if (booted === undefined && config.bootedSlotFrom !== 'cmdline') booted = bootEnvUnreadable ? decideBoot(null).boot : boot.booted;
   if (booted === undefined && config.bootedSlotFrom === 'auto') {
     for (const slot of ['A', 'B'] as const) if (await isRunningRoot(config.rootDevice, paths[slot])) booted = slot;
   }
   if (!isSlot(booted)) {
     throw new TandemError('ERR_SLOT_UNKNOWN', `Cannot tell which slot is running (bootedSlotFrom=${config.bootedSlotFrom}): no tandem.slot= on the kernel command line, no TANDEM_BOOTED in the boot environment, and neither slot is the root device.`);
   }
-  return { booted, boot };
+  return { booted, boot, ...(bootEnvUnreadable ? { bootEnvUnreadable } : {}) };
 }
 
 /**

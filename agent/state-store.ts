@@ -6,9 +6,9 @@
  * only one agent process acts at a time. Every write goes through
  * writeFileDurable (STYLE.md 10): after a power cut, the old file or the new.
  */
-import { open, mkdir, readFile, unlink } from 'node:fs/promises';
+import { open, mkdir, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileDurable } from '../shared/durable-write.ts';
+import { isDurableWriteTemp, writeFileDurable } from '../shared/durable-write.ts';
 import { TandemError } from '../shared/errors.ts';
 import { parseSafeJson } from '../shared/safe-json.ts';
 import { PHASES, initialState, type AgentState } from './state.ts';
@@ -49,6 +49,28 @@ export class StateStore {
       throw new TandemError('ERR_STATE_CORRUPT', `${this.statePath} is not an agent state (format 1); move it aside to start over.`);
     }
     return { ...initialState(), ...state };
+  }
+
+  /**
+   * Moves an unreadable state file aside (kept for a post-mortem) along with
+   * the prelude that belonged to it; the agent then starts from a blank state.
+   * Only media corruption or a hand edit gets here: power cuts cannot tear a
+   * file written by rename.
+   */
+  async quarantine(now: Date): Promise<string> {
+    const aside = `${this.statePath}.corrupt-${now.toISOString().replace(/[:.]/g, '')}`;
+    await rename(this.statePath, aside);
+    await this.dropPrelude();
+    return aside;
+  }
+
+  /** Removes temp files of durable writes that a killed agent left behind; call with the lock held. */
+  async removeStaleTemps(): Promise<number> {
+    let removed = 0;
+    for (const name of await readdir(this.dir).catch(() => [] as string[])) {
+      if (isDurableWriteTemp(name) && (await unlink(join(this.dir, name)).then(() => true, () => false))) removed++;
+    }
+    return removed;
   }
 
   save(state: AgentState): Promise<void> {

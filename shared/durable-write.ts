@@ -15,6 +15,11 @@ export interface DurableWriteOptions {
   mode?: number;
 }
 
+/** The temp files writeFileDurable leaves in `dir` when the process dies between open and rename. */
+export function isDurableWriteTemp(name: string): boolean {
+  return /^\..+\.\d+\.[0-9a-f]{8}\.tmp$/.test(name);
+}
+
 /** Write a temp file beside `path`, fsync it, rename it over `path`, fsync the folder. */
 export async function writeFileDurable(path: string, data: Uint8Array | string, options: DurableWriteOptions = {}): Promise<void> {
   const dir = dirname(path);
