@@ -12,14 +12,17 @@
  *   on the same data directory fail at start (ERR_CONFIG, after a 5 s wait)
  *   instead of running beside this one, which the in-memory caches rely on;
  *   other tools can open the file once the server has stopped.
- * - check records (recordCheck) are committed together at the end of the
- *   event-loop turn: a commit cost about 40 µs, several times the UPDATE
- *   itself, and a checkpoint runs every ~1,000 commits. Every other write
- *   commits the open batch first and is committed before it returns, as
- *   before; reads on this connection see the batch. What changes: a
- *   check-in's response can be on its way before its record is committed,
- *   so a crash of the process within that turn forgets when those devices
- *   were last seen (they say so again at their next poll).
+ * - check records (recordCheck) are kept in memory and written together,
+ *   once a second, in one transaction: a device's last-seen time, check
+ *   count, version, slot and channel, and the offers made to it. An UPDATE
+ *   and a commit per check-in cost more than the rest of the check-in path
+ *   together. Every read of those columns or of offers flushes first, and so
+ *   does every other write, so what the admin API, the stats and the halt
+ *   rule see is exact; the device lookup of a check-in merges the pending
+ *   record instead. What a crash of the process can lose: the last second
+ *   of last-seen times and offers (devices say so again at their next poll).
+ *   Failed versions a device reports are written at once (they decide what
+ *   is offered next).
  * - the candidates of a check-in are cached (candidate-cache.ts).
  */
 import Database from 'better-sqlite3';
@@ -129,8 +132,8 @@ const OUTCOME_TYPES = new Set(['error', 'rolledBack', 'committed']);
 export class SqliteStore implements Store {
   readonly kind = 'sqlite';
   /**
-   * The connection, for tests and benchmarks that seed data in bulk, before check-ins start (their
-   * batch may be the open transaction, which a raw one would nest in). A raw write to releases,
+   * The connection, for tests and benchmarks that seed data in bulk, before check-ins start (pending
+   * check records would be written after a raw write to the same rows). A raw write to releases,
    * rollouts or payloads must be followed by `invalidateCaches()`, or check-ins keep the old answer.
    */
   readonly db: Database.Database;
@@ -138,8 +141,11 @@ export class SqliteStore implements Store {
   private readonly candidateCache = new CandidateCache();
   /** One transaction (a savepoint inside an open one); the wrapper is made once, since better-sqlite3 builds four closures per `transaction()`. */
   private readonly transaction: <T>(fn: () => T) => T;
-  /** A transaction holding the check records of this event-loop turn is open (see recordCheck). */
-  private checkBatchOpen = false;
+  /** Check records not yet written, by device id: the latest one, and how many it stands for. */
+  private readonly pendingChecks = new Map<string, { record: CheckRecord; changed: boolean; count: number }>();
+  /** Offers not yet written, by release and device: the first time each was made. */
+  private readonly pendingOffers = new Map<string, { deviceId: string; releaseId: string; at: string }>();
+  private flushTimer: NodeJS.Timeout | undefined;
 
   constructor(path: string, private readonly options: { onBatchError?: (err: unknown) => void; lockTimeoutMs?: number } = {}) {
     this.db = new Database(path);
@@ -161,23 +167,40 @@ export class SqliteStore implements Store {
     this.transaction = <T>(fn: () => T): T => run(fn) as T;
   }
 
-  /** Every write but a check record goes through here: its own transaction, committed before it returns, after the open check batch. */
+  /** Every write but a check record goes through here: its own transaction, committed before it returns, after the pending check records. */
   private atomically<T>(fn: () => T): T {
-    this.commitChecks();
+    this.flushChecks();
     return this.transaction(fn);
   }
 
-  /** Commits the check records of this turn; runs at the end of the turn, before any other write, and at close. */
-  private commitChecks(): void {
-    if (!this.checkBatchOpen) return;
-    this.checkBatchOpen = false;
-    // A statement that failed with an I/O error may have rolled the whole batch back already.
-    if (!this.db.inTransaction) return;
+  /** Writes the pending check records and offers in one transaction; runs each second, before any other write or read of them, and at close. */
+  private flushChecks(): void {
+    if (this.flushTimer !== undefined) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = undefined;
+    }
+    if (this.pendingChecks.size === 0 && this.pendingOffers.size === 0) return;
+    const checks = [...this.pendingChecks.values()];
+    const offers = [...this.pendingOffers.values()];
+    this.pendingChecks.clear();
+    this.pendingOffers.clear();
     try {
-      this.st('COMMIT').run();
+      this.transaction(() => {
+        for (const { record: c, changed, count } of checks) {
+          // Unchanged version, slot and channel (most check-ins) leave the devices_channel index alone.
+          if (changed) {
+            this.st('UPDATE devices SET version = ?, slot = ?, channel = ?, last_seen_at = ?, check_count = check_count + ? WHERE id = ?')
+              .run(c.version, c.slot, c.channel, c.at, count, c.deviceId);
+          } else {
+            this.st('UPDATE devices SET last_seen_at = ?, check_count = check_count + ? WHERE id = ?').run(c.at, count, c.deviceId);
+          }
+        }
+        for (const o of offers) {
+          this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(o.deviceId, o.releaseId, o.at);
+        }
+      });
     } catch (err) {
-      if (this.db.inTransaction) this.st('ROLLBACK').run();
-      (this.options.onBatchError ?? ((e: unknown) => process.emitWarning(`check records not committed: ${String(e)}`)))(err);
+      (this.options.onBatchError ?? ((e: unknown) => process.emitWarning(`check records not written: ${String(e)}`)))(err);
     }
   }
 
@@ -217,7 +240,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     if (!this.db.open) return;
-    this.commitChecks();
+    this.flushChecks();
     this.db.close();
   }
 
@@ -283,15 +306,23 @@ export class SqliteStore implements Store {
 
   async findDeviceByCredentialHash(hash: string): Promise<Device | undefined> {
     const r = this.st('SELECT * FROM devices WHERE credential_hash = ?').get(hash) as Row | undefined;
-    return r && deviceOf(r);
+    if (r === undefined) return undefined;
+    const device = deviceOf(r);
+    // The check-in path reads the device as the pending record left it, without waiting for the write.
+    const pending = this.pendingChecks.get(device.id);
+    if (pending === undefined) return device;
+    const c = pending.record;
+    return { ...device, version: c.version, slot: c.slot, channel: c.channel, lastSeenAt: c.at, checkCount: device.checkCount + pending.count };
   }
 
   async getDevice(id: string): Promise<Device | undefined> {
+    this.flushChecks();
     const r = this.st('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
     return r && deviceOf(r);
   }
 
   async listDevices(f: DeviceFilter): Promise<Device[]> {
+    this.flushChecks();
     const where: string[] = [];
     const args: unknown[] = [];
     if (f.channel !== undefined) { where.push('channel = ?'); args.push(f.channel); }
@@ -315,26 +346,21 @@ export class SqliteStore implements Store {
   }
 
   async recordCheck(c: CheckRecord): Promise<void> {
-    if (!this.checkBatchOpen || !this.db.inTransaction) {
-      this.st('BEGIN').run();
-      this.checkBatchOpen = true;
-      setImmediate(() => this.commitChecks());
-    }
-    // The batch is one transaction: a record's statements commit or roll back with it, so no savepoint each.
-    // Unchanged version, slot and channel (most check-ins) leave the devices_channel index alone.
-    if (c.changed) {
-      this.st('UPDATE devices SET version = ?, slot = ?, channel = ?, last_seen_at = ?, check_count = check_count + 1 WHERE id = ?')
-        .run(c.version, c.slot, c.channel, c.at, c.deviceId);
-    } else {
-      this.st('UPDATE devices SET last_seen_at = ?, check_count = check_count + 1 WHERE id = ?').run(c.at, c.deviceId);
-    }
+    const prior = this.pendingChecks.get(c.deviceId);
+    this.pendingChecks.set(c.deviceId, { record: c, changed: c.changed || (prior?.changed ?? false), count: (prior?.count ?? 0) + 1 });
     if (c.offeredReleaseId !== null) {
-      this.st('INSERT INTO offers (device_id, release_id, first_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(c.deviceId, c.offeredReleaseId, c.at);
+      const key = `${c.offeredReleaseId}\n${c.deviceId}`;
+      if (!this.pendingOffers.has(key)) this.pendingOffers.set(key, { deviceId: c.deviceId, releaseId: c.offeredReleaseId, at: c.at });
     }
-    for (const v of c.failedVersions) {
-      this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
-        .run(c.deviceId, v, c.at);
+    if (c.failedVersions.length > 0) {
+      this.atomically(() => {
+        for (const v of c.failedVersions) {
+          this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'check', NULL) ON CONFLICT DO NOTHING")
+            .run(c.deviceId, v, c.at);
+        }
+      });
     }
+    this.flushTimer ??= setTimeout(() => this.flushChecks(), 1000).unref();
   }
 
   async activeFailures(deviceId: string): Promise<string[]> {
@@ -354,6 +380,7 @@ export class SqliteStore implements Store {
   }
 
   async versionCounts(product: string | undefined, channel: string): Promise<{ product: string; version: string | null; devices: number }[]> {
+    this.flushChecks();
     const rows = (product === undefined
       ? this.st('SELECT product, version, COUNT(*) AS n FROM devices WHERE channel = ? GROUP BY product, version ORDER BY product, version').all(channel)
       : this.st('SELECT product, version, COUNT(*) AS n FROM devices WHERE channel = ? AND product = ? GROUP BY product, version ORDER BY product, version').all(channel, product)) as Row[];
@@ -501,6 +528,7 @@ export class SqliteStore implements Store {
   }
 
   async releaseStats(releaseId: string): Promise<ReleaseStats> {
+    this.flushChecks();
     const stats: ReleaseStats = {
       offered: num((this.st('SELECT COUNT(*) AS n FROM offers WHERE release_id = ?').get(releaseId) as Row).n),
       downloading: 0, installed: 0, rebooting: 0, committed: 0, rolledBack: 0, errors: 0, attempts: 0, failures: 0, errorsByCode: {},

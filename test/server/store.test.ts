@@ -8,7 +8,6 @@ import anyTest, { type TestFn } from 'ava';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setImmediate as nextTurn } from 'node:timers/promises';
 import { isTandemError } from '../../shared/errors.ts';
 import { SqliteStore } from '../../server/store/sqlite-store.ts';
 import type { Device, PayloadRecord, Release, Rollout } from '../../server/store/store.ts';
@@ -71,33 +70,40 @@ test('candidates are cached, frozen, and follow every write to releases, rollout
   t.deepEqual(await store.candidates('acme', 'beta', 'rpi4'), []);
 });
 
-test('check records are visible at once, committed at the end of the turn, before any other write, and at close', async (t) => {
+test('check records wait in memory, merged per device, written each second, before any other write or read of them, and at close', async (t) => {
   const path = join(t.context.dir, 'db');
   const { store, device } = await seeded(path);
   const r1 = release('1.0.0');
   await store.createRelease(r1.release, r1.rollout);
   const check = (at: string, failedVersions: string[] = []) =>
     store.recordCheck({ deviceId: device.id, version: '0.9.0', slot: 'B', channel: 'stable', at, changed: true, offeredReleaseId: r1.release.id, failedVersions });
+  const raw = () => store.db.prepare('SELECT last_seen_at AS at, check_count AS n, version FROM devices WHERE id = ?').get(device.id) as { at: string | null; n: number; version: string | null };
 
   await check('2026-01-01T00:00:01.000Z', ['0.8.0']);
-  t.true(store.db.inTransaction, 'the batch is open until the turn ends');
-  t.is((await store.getDevice(device.id))?.lastSeenAt, '2026-01-01T00:00:01.000Z', 'this connection sees it at once');
-  t.deepEqual(await store.activeFailures(device.id), ['0.8.0']);
-  t.is((await store.releaseStats(r1.release.id)).offered, 1);
-  await nextTurn();
-  t.false(store.db.inTransaction, 'committed at the end of the turn');
-
+  t.deepEqual(await store.activeFailures(device.id), ['0.8.0'], 'a failed version is written at once');
   await check('2026-01-01T00:00:02.000Z');
-  await store.audit({ at: now, actor: 'test', action: 'x', target: 'y', details: {} });
-  t.false(store.db.inTransaction, 'another write commits the batch first, then itself');
+  t.is(raw().n, 1, 'the second is not written yet (the failure write took the first along)');
+  t.like(await store.findDeviceByCredentialHash(device.credentialHash), { version: '0.9.0', slot: 'B', lastSeenAt: '2026-01-01T00:00:02.000Z', checkCount: 2 }, 'the check-in path sees the pending record');
+  t.like(await store.getDevice(device.id), { lastSeenAt: '2026-01-01T00:00:02.000Z', checkCount: 2, version: '0.9.0' }, 'a read of the device flushes first');
+  t.deepEqual(raw(), { at: '2026-01-01T00:00:02.000Z', n: 2, version: '0.9.0' });
 
   await check('2026-01-01T00:00:03.000Z');
+  t.is((await store.releaseStats(r1.release.id)).offered, 1, 'stats flush first, and an offer counts once');
+  await check('2026-01-01T00:00:04.000Z');
+  await store.audit({ at: now, actor: 'test', action: 'x', target: 'y', details: {} });
+  t.is(raw().n, 4, 'another write writes the pending records first');
+
+  await check('2026-01-01T00:00:05.000Z');
+  await new Promise((r) => setTimeout(r, 1100));
+  t.is(raw().at, '2026-01-01T00:00:05.000Z', 'written within a second');
+
+  await check('2026-01-01T00:00:06.000Z');
   await store.close();
   const reopened = new SqliteStore(path);
   t.teardown(() => reopened.close());
   const seen = await reopened.getDevice(device.id);
-  t.is(seen?.lastSeenAt, '2026-01-01T00:00:03.000Z', 'close commits the batch');
-  t.is(seen?.checkCount, 3);
+  t.is(seen?.lastSeenAt, '2026-01-01T00:00:06.000Z', 'close writes them');
+  t.is(seen?.checkCount, 6);
   t.is((await reopened.listAudit(10)).length, 1);
 });
 
