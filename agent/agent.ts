@@ -11,7 +11,6 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { setPriority } from 'node:os';
-import type { Agent as UndiciAgent } from 'undici';
 import { TandemError, isTandemError, toTandemError } from '../shared/errors.ts';
 import type { RootTrust } from '../shared/keyring.ts';
 import { validateEnrollResponse, type DeviceEvent, type EventType } from '../shared/schemas/protocol.ts';
@@ -20,7 +19,7 @@ import { loadZstdCodec, type ZstdBinding } from '../payloads/zstd.ts';
 import { backoffSeconds, pollSeconds, retryWaitSeconds, sleep } from './backoff.ts';
 import { createBootControl, otherSlot, type BootControl, type BootState, type Slot } from './boot-control/index.ts';
 import type { AgentConfig } from './config.ts';
-import { callJson, createDispatcher, isTransient } from './http.ts';
+import { callJson, createDispatcher, isTransient, type HttpClient } from './http.ts';
 import { requestReboot } from './reboot.ts';
 import { checkTargetIsNotRoot, detectBootedSlot, slotCapacity, slotPaths } from './slots.ts';
 import { initialState, nextState, type AgentEvent, type AgentState, type UpdateRecord } from './state.ts';
@@ -94,7 +93,7 @@ export class DeviceAgent {
     readonly config: AgentConfig,
     readonly store: StateStore,
     readonly control: BootControl,
-    readonly dispatcher: UndiciAgent,
+    readonly dispatcher: HttpClient,
     private readonly unlock: () => Promise<void>,
     facts: { state: AgentState; booted: Slot; boot: BootState; credential: string | undefined },
     options: AgentOptions,

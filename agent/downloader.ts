@@ -3,14 +3,14 @@
  * it arrives (no temporary copy): a GET from an offset with `Range` and
  * `If-Range: <etag>`, the response checked against what was asked (status,
  * Content-Range, Content-Length), the body capped at the signed size, and
- * stalls detected — both silence (undici's body timeout) and dripping (less
+ * stalls detected — both silence (the client's body timeout) and dripping (less
  * than lowSpeedBytesPerSecond over lowSpeedSeconds of waiting, like curl's
  * --speed-limit/--speed-time). Only time spent waiting on the network counts,
  * so a slow disk behind backpressure is never mistaken for a stall.
  */
-import { request, type Dispatcher } from 'undici';
 import { TandemError } from '../shared/errors.ts';
 import { parseRetryAfter } from './backoff.ts';
+import type { HttpClient, HttpResponse } from './http-client.ts';
 import { networkError } from './http.ts';
 
 export interface PayloadRequest {
@@ -23,7 +23,7 @@ export interface PayloadRequest {
   etag?: string;
   lowSpeedBytesPerSecond: number;
   lowSpeedSeconds: number;
-  dispatcher: Dispatcher;
+  dispatcher: HttpClient;
   signal?: AbortSignal;
 }
 
@@ -49,14 +49,12 @@ export async function openPayloadStream(req: PayloadRequest): Promise<PayloadStr
     headers.range = `bytes=${req.offset}-`;
     if (req.etag !== undefined) headers['if-range'] = req.etag;
   }
-  let res: Dispatcher.ResponseData;
+  let res: HttpResponse;
   try {
-    res = await request(req.url, { method: 'GET', headers, dispatcher: req.dispatcher, ...(req.signal ? { signal: req.signal } : {}) });
+    res = await req.dispatcher.request({ method: 'GET', url: req.url, headers, ...(req.signal ? { signal: req.signal } : {}) });
   } catch (err) {
     throw networkError(err, req.url);
   }
-  // Errors surface through iteration; an abandoned body must not also raise an unhandled 'error' event.
-  res.body.on('error', () => {});
   const fail = (code: 'ERR_HTTP_STATUS' | 'ERR_CONTENT_RANGE' | 'ERR_DOWNLOAD_TOO_LARGE' | 'ERR_PAYLOAD_CHANGED', message: string, details: Record<string, unknown> = {}): never => {
     res.body.destroy();
     throw new TandemError(code, `${req.url}: ${message}`, { details: { url: req.url, status: res.statusCode, ...details } });
@@ -103,7 +101,7 @@ export async function openPayloadStream(req: PayloadRequest): Promise<PayloadStr
         const started = performance.now();
         let next: IteratorResult<Buffer>;
         try {
-          next = (await iterator.next()) as IteratorResult<Buffer>;
+          next = await iterator.next();
         } catch (err) {
           throw networkError(err, req.url);
         }
@@ -127,7 +125,8 @@ export async function openPayloadStream(req: PayloadRequest): Promise<PayloadStr
         yield next.value;
       }
     } finally {
-      if (!body.destroyed) body.destroy();
+      body.destroy();
+      await iterator.return?.();
     }
   }
   return {
@@ -135,8 +134,6 @@ export async function openPayloadStream(req: PayloadRequest): Promise<PayloadStr
     offset: req.offset,
     body: stream(),
     received: () => received,
-    close: () => {
-      if (!body.destroyed) body.destroy();
-    },
+    close: () => body.destroy(),
   };
 }

@@ -1,38 +1,42 @@
 /**
- * The agent's HTTP (undici): one dispatcher with connect and read timeouts,
+ * The agent's HTTP (http-client.ts, on node:http): one client with connect and read timeouts,
  * JSON calls whose bodies are read with a size cap and parsed with safe JSON,
  * and the payload stream (downloader.ts). Network failures become
  * ERR_NETWORK, HTTP failures ERR_HTTP_STATUS with the status, so retry
  * decisions switch on codes.
  */
-import { Agent, request, type Dispatcher } from 'undici';
 import { TandemError, isTandemError } from '../shared/errors.ts';
 import { parseSafeJson, type JsonValue } from '../shared/safe-json.ts';
 import { parseRetryAfter } from './backoff.ts';
+import { createHttpClient, type HttpClient, type HttpResponse, type ResponseBody } from './http-client.ts';
+
+export type { HttpClient } from './http-client.ts';
 
 export interface HttpOptions {
   connectTimeoutSeconds: number;
   readTimeoutSeconds: number;
 }
 
-export function createDispatcher(options: HttpOptions): Agent {
-  return new Agent({
-    connect: { timeout: options.connectTimeoutSeconds * 1000 },
-    headersTimeout: options.readTimeoutSeconds * 1000,
-    bodyTimeout: options.readTimeoutSeconds * 1000,
-    keepAliveTimeout: 4000,
+/** The agent's one client: connections kept alive 4 s (below Node servers' 5 s), the read timeout for headers and for body silence. */
+export function createDispatcher(options: HttpOptions): HttpClient {
+  return createHttpClient({
+    connectTimeoutMs: options.connectTimeoutSeconds * 1000,
+    headersTimeoutMs: options.readTimeoutSeconds * 1000,
+    bodyTimeoutMs: options.readTimeoutSeconds * 1000,
+    keepAliveTimeoutMs: 4000,
   });
 }
 
-const UNDICI_TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+// The timeout codes undici used; http-client.ts keeps them.
+const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
-/** undici and socket failures → ERR_NETWORK (timeouts included); aborts stay aborts; TandemErrors pass. */
+/** Client and socket failures → ERR_NETWORK (timeouts included); aborts stay aborts; TandemErrors pass. */
 export function networkError(err: unknown, url: string): unknown {
   if (isTandemError(err)) return err;
   const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
   if (e?.name === 'AbortError') return err;
   const code = e?.code ?? e?.cause?.code ?? 'unknown';
-  const what = UNDICI_TIMEOUTS.has(code) ? 'timed out' : 'failed';
+  const what = TIMEOUTS.has(code) ? 'timed out' : 'failed';
   return new TandemError('ERR_NETWORK', `${new URL(url).origin}: request ${what} (${code}): ${e?.message ?? String(err)}`, {
     cause: err,
     details: { url, code },
@@ -40,17 +44,16 @@ export function networkError(err: unknown, url: string): unknown {
 }
 
 /** Reads a response body up to `maxBytes`; more is refused without reading it all. */
-export async function readBodyCapped(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string): Promise<Buffer> {
+export async function readBodyCapped(body: ResponseBody, maxBytes: number, url: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
-    size += (chunk as Buffer).length;
+    size += chunk.length;
     if (size > maxBytes) {
-      body.on('error', () => {});
       body.destroy();
       throw new TandemError('ERR_RESPONSE_TOO_LARGE', `${url}: response body exceeds ${maxBytes} bytes.`, { details: { url, limit: maxBytes } });
     }
-    chunks.push(chunk as Buffer);
+    chunks.push(chunk);
   }
   return Buffer.concat(chunks, size);
 }
@@ -61,7 +64,7 @@ export interface JsonCall {
   body?: unknown;
   credential?: string;
   maxBytes: number;
-  dispatcher: Dispatcher;
+  dispatcher: HttpClient;
   signal?: AbortSignal;
 }
 
@@ -72,11 +75,11 @@ export interface JsonResult {
 
 /** A JSON call; a non-2xx answer throws ERR_HTTP_STATUS carrying the server's error code when it sent one. */
 export async function callJson(call: JsonCall): Promise<JsonResult> {
-  let res: Dispatcher.ResponseData;
+  let res: HttpResponse;
   try {
-    res = await request(call.url, {
+    res = await call.dispatcher.request({
       method: call.method,
-      dispatcher: call.dispatcher,
+      url: call.url,
       headers: {
         accept: 'application/json',
         ...(call.body !== undefined ? { 'content-type': 'application/json' } : {}),

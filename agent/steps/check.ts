@@ -9,7 +9,7 @@
  * before a byte is downloaded.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { Dispatcher } from 'undici';
+import type { HttpClient as Dispatcher } from '../http-client.ts';
 import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { TandemError } from '../../shared/errors.ts';
 import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../../shared/keyring.ts';

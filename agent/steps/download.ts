@@ -7,11 +7,11 @@
  * backoff and jitter, up to `retries`; a payload that changed under us
  * restarts from its first byte once; anything else fails the install at once.
  */
-import type { Dispatcher } from 'undici';
 import type { ApplyResult, Checkpoint } from '../../payloads/apply.ts';
 import { toTandemError } from '../../shared/errors.ts';
 import { backoffSeconds, retryWaitSeconds, sleep } from '../backoff.ts';
 import { openPayloadStream } from '../downloader.ts';
+import type { HttpClient } from '../http-client.ts';
 import { isTransient } from '../http.ts';
 import type { UpdateRecord } from '../state.ts';
 import { applyStep, type ApplyStepInput } from './apply.ts';
@@ -35,7 +35,7 @@ export interface DownloadStepInput extends Omit<ApplyStepInput, 'update' | 'onCh
   restart: () => Promise<void>;
   /** Count an attempt durably (before it starts). */
   countAttempt: () => Promise<void>;
-  dispatcher: Dispatcher;
+  dispatcher: HttpClient;
   retry: DownloadPolicy;
   log?: (message: string, fields?: Record<string, unknown>) => void;
   random?: () => number;

@@ -6,9 +6,9 @@
  * the deadline, since services take a while to come up after a boot; the
  * deadline counts from the first attempt, across agent restarts.
  */
-import { request, type Dispatcher } from 'undici';
 import type { HealthCheckConfig } from '../config.ts';
 import { sleep } from '../backoff.ts';
+import type { HttpClient } from '../http-client.ts';
 import { runCommand } from '../reboot.ts';
 
 export interface CheckOutcome {
@@ -30,7 +30,7 @@ export interface HealthInput {
   deadline: number;
   intervalSeconds: number;
   systemctl: string;
-  dispatcher: Dispatcher;
+  dispatcher: HttpClient;
   signal?: AbortSignal;
   log?: (message: string, fields?: Record<string, unknown>) => void;
 }
@@ -52,8 +52,8 @@ export async function runHealthCheck(check: HealthCheckConfig, input: Pick<Healt
     case 'http': {
       const signals = [AbortSignal.timeout(timeout * 1000), ...(input.signal ? [input.signal] : [])];
       try {
-        const res = await request(check.url, { method: 'GET', dispatcher: input.dispatcher, signal: AbortSignal.any(signals), headersTimeout: timeout * 1000, bodyTimeout: timeout * 1000 });
-        await res.body.dump().catch(() => undefined);
+        const res = await input.dispatcher.request({ method: 'GET', url: check.url, signal: AbortSignal.any(signals), headersTimeoutMs: timeout * 1000, bodyTimeoutMs: timeout * 1000 });
+        await res.body.dump();
         return { name: check.name, ok: res.statusCode === check.expectStatus, detail: `HTTP ${res.statusCode}` };
       } catch (err) {
         return { name: check.name, ok: false, detail: (err as Error).message };
