@@ -1,7 +1,7 @@
 /**
  * `tandem-agent`: the device daemon and its operator commands (STYLE.md 12:
  * parse, call agent/, print, map codes to exit codes). Logs are JSON lines
- * (pino) on stderr; results on stdout.
+ * (JSON lines, pino's shape) on stderr; results on stdout.
  *
  *   run --config FILE                 the daemon (SIGTERM/SIGINT stop it cleanly)
  *   check --config FILE [--json]      one cycle: 0 installed or committed, 4 installed and
@@ -12,17 +12,17 @@
  *   bootenv --backend grub|uboot|file --env FILE [--env-redundant FILE2] [--size N]
  *           show | try A|B --tries N | mark-good A|B | fallback
  */
-import { pino } from 'pino';
 import { DeviceAgent, type AgentLogger, type CycleResult } from '../agent/agent.ts';
 import { createBootControl, isSlot, MAX_TRIES, simulateReboot, type BootControlConfig, type BootState } from '../agent/boot-control/index.ts';
 import { loadConfig } from '../agent/config.ts';
+import { createJsonLogger } from '../agent/json-logger.ts';
 import { EXIT, parseCommandArgs, printJson, processIo, requireOption, runCommands, UsageError, type Command, type Io } from './cli-kit.ts';
 
 /** `check` exit codes beyond cli-kit's: what scripts and the kill tests branch on. */
 export const AGENT_EXIT = { installed: 0, committed: 0, nothingToDo: 2, rebootPending: 4, rolledBack: 1 } as const;
 
 function logger(io: Io, quiet: boolean): AgentLogger {
-  return pino({ level: quiet ? 'warn' : (io.env.TANDEM_LOG_LEVEL ?? 'info'), base: { name: 'tandem-agent' } }, pino.destination({ dest: 2, sync: true }));
+  return createJsonLogger({ level: quiet ? 'warn' : (io.env.TANDEM_LOG_LEVEL ?? 'info'), name: 'tandem-agent', write: (line) => io.stderr.write(line) });
 }
 
 async function openAgent(configPath: string, io: Io, options: { readOnly?: boolean; quiet?: boolean } = {}): Promise<DeviceAgent> {
