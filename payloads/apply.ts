@@ -12,10 +12,11 @@
 import { createHash } from 'node:crypto';
 import { constants, type FileHandle, open, realpath } from 'node:fs/promises';
 import { TandemError } from '../shared/errors.ts';
-import type { Extent, Manifest } from '../shared/schemas/manifest.ts';
+import type { Extent } from '../shared/schemas/manifest.ts';
 import { ByteReader } from './byte-reader.ts';
 import { MAX_OPERATION_SIZE } from './format.ts';
 import { extentsLength } from './manifest-check.ts';
+import type { ManifestView } from './operation-table.ts';
 import {
   readOperations,
   readVerifiedPrelude,
@@ -54,7 +55,7 @@ export interface ApplyOptions extends TrustOptions {
 }
 
 export interface ApplyResult {
-  manifest: Manifest;
+  manifest: ManifestView;
   keyId: string;
   bytesWritten: number;
   operations: number;
@@ -203,7 +204,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
     const checkpointEvery = options.checkpointEveryBytes ?? 16 * 1024 * 1024;
     const total = manifest.target.size;
     let done = 0;
-    for (let i = 0; i < startOp; i++) done += extentsLength(manifest.operations[i]!.dst);
+    for (let i = 0; i < startOp; i++) done += manifest.operations.outputLength(i);
     let sinceCheckpoint = 0;
     let bytesWritten = 0;
     let applied = 0;

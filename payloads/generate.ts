@@ -19,7 +19,7 @@ import { parseVersion } from '../shared/versions.ts';
 import type { Blob, Extent, Manifest, Operation } from '../shared/schemas/manifest.ts';
 import { BlockIndex, fingerprint } from './block-index.ts';
 import { BLOCK_SIZE, encodeHeader, MANIFEST_MAX_BYTES, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_SIZE, MAX_DICT_WINDOW_LOG, MAX_OPERATION_SIZE, MAX_WINDOW_LOG } from './format.ts';
-import { parseManifest } from './payload-reader.ts';
+import { parseManifest } from './manifest-parser.ts';
 import { encodeSignatureBlock } from './signature-block.ts';
 import { PatchPlanner, sha256Of, type Candidate, type LiteralOp } from './patch-planner.ts';
 import { createEncoder, type Encoder } from './zstd.ts';

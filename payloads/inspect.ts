@@ -4,18 +4,20 @@
  * without writing anything (copy operations need a slot and are checked at apply).
  */
 import { constants, open } from 'node:fs/promises';
-import type { Extent, Manifest, OperationKind } from '../shared/schemas/manifest.ts';
+import type { Extent, Manifest, ManifestHeader, OperationKind } from '../shared/schemas/manifest.ts';
 import { ByteReader } from './byte-reader.ts';
 import { extentsLength } from './manifest-check.ts';
-import { decodeManifest, parseManifest, readOperations, readPrelude, readVerifiedPrelude, type TrustOptions } from './payload-reader.ts';
+import { materializeManifest, OPERATION_KINDS, type ManifestView } from './operation-table.ts';
+import { parsePreludeManifest, readOperations, readPrelude, readVerifiedPrelude, type TrustOptions } from './payload-reader.ts';
+import { loadZstdCodec } from './zstd.ts';
 
 export interface PayloadSummary {
-  kind: Manifest['kind'];
+  kind: ManifestHeader['kind'];
   product: string;
   board: string;
   version: string;
-  source?: Manifest['source'];
-  target: Manifest['target'];
+  source?: ManifestHeader['source'];
+  target: ManifestHeader['target'];
   createdAt: string;
   preludeSize: number;
   manifestSize: number;
@@ -26,13 +28,13 @@ export interface PayloadSummary {
   keyringVersion: number;
 }
 
-export function summarize(manifest: Manifest, preludeSize: number, manifestSize: number, signatures: string[], keyringVersion: number): PayloadSummary {
-  const operations = Object.fromEntries(
-    (['REPLACE', 'PATCH', 'SOURCE_COPY', 'TARGET_COPY', 'ZERO'] as const).map((k) => [k, { count: 0, bytes: 0 }]),
-  ) as PayloadSummary['operations'];
-  for (const op of manifest.operations) {
-    operations[op.op].count++;
-    operations[op.op].bytes += extentsLength(op.dst);
+export function summarize(manifest: ManifestView, preludeSize: number, manifestSize: number, signatures: string[], keyringVersion: number): PayloadSummary {
+  const operations = Object.fromEntries(OPERATION_KINDS.map((k) => [k, { count: 0, bytes: 0 }])) as PayloadSummary['operations'];
+  const table = manifest.operations;
+  for (let i = 0; i < table.length; i++) {
+    const kind = operations[table.kind(i)];
+    kind.count++;
+    kind.bytes += table.outputLength(i);
   }
   return {
     kind: manifest.kind,
@@ -52,15 +54,15 @@ export function summarize(manifest: Manifest, preludeSize: number, manifestSize:
   };
 }
 
-/** Describes a payload from its prelude alone; nothing here is verified. */
+/** Describes a payload from its prelude alone; nothing here is verified. The manifest comes back in its plain form, for output. */
 export async function inspectPayload(stream: AsyncIterable<Uint8Array>): Promise<{ summary: PayloadSummary; manifest: Manifest }> {
   const reader = new ByteReader(stream);
   try {
     const prelude = await readPrelude(reader);
-    const manifest = parseManifest(await decodeManifest(prelude));
+    const manifest = parsePreludeManifest(prelude, await loadZstdCodec());
     const keyring = prelude.signatureBlock.keyring as { signed?: { version?: number } };
     const summary = summarize(manifest, prelude.raw.length, prelude.header.manifestRawLength, prelude.signatureBlock.signatures.map((s) => s.keyId), keyring.signed?.version ?? 0);
-    return { summary, manifest };
+    return { summary, manifest: materializeManifest(manifest) };
   } finally {
     await reader.close();
   }

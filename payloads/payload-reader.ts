@@ -7,30 +7,19 @@
  * it reaches the decoder, and each decoded operation's output hash after.
  */
 import { createHash } from 'node:crypto';
-import { canonicalBytes } from '../shared/canonical-json.ts';
 import { TandemError } from '../shared/errors.ts';
 import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../shared/keyring.ts';
-import { parseSafeJson } from '../shared/safe-json.ts';
-import { validateManifest, type Extent, type Manifest, type Operation } from '../shared/schemas/manifest.ts';
+import type { Extent, Operation } from '../shared/schemas/manifest.ts';
 import { ByteReader } from './byte-reader.ts';
-import {
-  decodeHeader,
-  HEADER_SIZE,
-  MANIFEST_MAX_BYTES,
-  MANIFEST_SIGNATURE_DOMAIN,
-  MAX_BLOB_SIZE,
-  MAX_OPERATION_SIZE,
-  MAX_DICT_WINDOW_LOG,
-  MAX_WINDOW_LOG,
-  type PayloadHeader,
-} from './format.ts';
-import { checkManifest, extentsLength } from './manifest-check.ts';
+import { decodeHeader, HEADER_SIZE, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_SIZE, MAX_OPERATION_SIZE, MAX_DICT_WINDOW_LOG, MAX_WINDOW_LOG, type PayloadHeader } from './format.ts';
+import { parseStoredManifest } from './manifest-parser.ts';
+import type { ManifestView } from './operation-table.ts';
 import { signatureBlockOf, type SignatureBlock } from './signature-block.ts';
-import { decodeFrame, FrameStream, loadZstdCodec, type ZstdBinding } from './zstd.ts';
+import { FrameStream, loadZstdCodec, type ZstdBinding } from './zstd.ts';
 
 export interface Prelude {
   header: PayloadHeader;
-  /** The manifest as stored and signed: a zstd frame of its canonical JSON. */
+  /** The manifest as stored and signed: a zstd frame of its canonical JSON (a view into `raw`). */
   manifestBytes: Buffer;
   signatureBlock: SignatureBlock;
   /** Header, manifest and signature block as read: what a resuming caller keeps. */
@@ -41,7 +30,8 @@ export interface Prelude {
 
 export interface VerifiedPayload {
   prelude: Prelude;
-  manifest: Manifest;
+  /** Header fields and the operations table; the decoded JSON is not kept (payloads/manifest-parser.ts). */
+  manifest: ManifestView;
   keyring: VerifiedKeyring;
   /** The release key whose signature verified. */
   keyId: string;
@@ -61,49 +51,18 @@ export interface TrustOptions {
 export async function readPrelude(reader: ByteReader): Promise<Prelude> {
   const headerBytes = await reader.read(HEADER_SIZE, undefined, 'header');
   const header = decodeHeader(headerBytes);
-  const manifestBytes = await reader.read(header.manifestLength, undefined, 'manifest');
-  const signatureBytes = await reader.read(header.signatureBlockLength, undefined, 'signature block');
-  const signatureBlock = signatureBlockOf(signatureBytes);
-  return {
-    header,
-    manifestBytes,
-    signatureBlock,
-    raw: Buffer.concat([headerBytes, manifestBytes, signatureBytes]),
-    dataOffset: HEADER_SIZE + header.manifestLength + header.signatureBlockLength,
-  };
+  const dataOffset = HEADER_SIZE + header.manifestLength + header.signatureBlockLength;
+  // Read in place: the stored manifest (10 MB for 300,000 operations) is held once, in `raw`.
+  const raw = Buffer.allocUnsafe(dataOffset);
+  headerBytes.copy(raw);
+  const manifestBytes = await reader.read(header.manifestLength, raw.subarray(HEADER_SIZE), 'manifest');
+  const signatureBytes = await reader.read(header.signatureBlockLength, raw.subarray(HEADER_SIZE + header.manifestLength), 'signature block');
+  return { header, manifestBytes, signatureBlock: signatureBlockOf(signatureBytes), raw, dataOffset };
 }
 
-/**
- * Decompresses stored manifest bytes into canonical JSON, bounded by the
- * header's declared length. Callers verify the signature over the stored
- * bytes first, so the decoder never sees unauthenticated input on a device.
- */
-export async function decodeManifest(prelude: Prelude, zstd?: ZstdBinding): Promise<Buffer> {
-  return decodeStoredManifest(prelude.manifestBytes, prelude.header.manifestRawLength, zstd ?? (await loadZstdCodec()));
-}
-
-/**
- * The manifest as stored and signed (one zstd frame of canonical JSON) decoded
- * to exactly `rawSize` bytes: a payload's header declares it, an offer's frame
- * header does. Call only after the signature over `stored` verified.
- */
-export function decodeStoredManifest(stored: Buffer, rawSize: number, zstd: ZstdBinding): Buffer {
-  try {
-    if (rawSize > MANIFEST_MAX_BYTES) throw new Error(`it decodes to ${rawSize} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`);
-    return decodeFrame(zstd, stored, Buffer.allocUnsafe(rawSize), { rawSize, maxWindowSize: 2 ** MAX_WINDOW_LOG });
-  } catch (cause) {
-    throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
-  }
-}
-
-/** Parses canonical manifest JSON without trusting it: for `inspect`, and after verification. */
-export function parseManifest(manifestBytes: Buffer): Manifest {
-  const manifest = validateManifest(parseSafeJson(manifestBytes, { maxBytes: MANIFEST_MAX_BYTES, maxDepth: 8 }), 'manifest');
-  if (!canonicalBytes(manifest).equals(manifestBytes)) {
-    throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its bytes are not canonical JSON (RFC 8785).');
-  }
-  checkManifest(manifest);
-  return manifest;
+/** Parses the prelude's manifest (decoded in chunks, never whole): for `inspect`, and after verification. */
+export function parsePreludeManifest(prelude: Prelude, zstd: ZstdBinding): ManifestView {
+  return parseStoredManifest(prelude.manifestBytes, prelude.header.manifestRawLength, zstd);
 }
 
 export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Promise<VerifiedPayload> {
@@ -114,7 +73,7 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
   const decoder = options.decoder ?? (await loadZstdCodec());
-  return { prelude, manifest: parseManifest(await decodeManifest(prelude, decoder)), keyring, keyId, decoder };
+  return { prelude, manifest: parsePreludeManifest(prelude, decoder), keyring, keyId, decoder };
 }
 
 export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {
@@ -133,7 +92,7 @@ export async function verifyStoredPrelude(raw: Buffer, options: TrustOptions): P
 export function resumeOffset(verified: VerifiedPayload, nextOp: number): number {
   const { manifest } = verified;
   // A checkpoint comes from disk: a negative or fractional nextOp would index past the operations
-  // (a TypeError, not a refusal) and one beyond the end would crash the caller's loop over them.
+  // (a RangeError, not a refusal) and one beyond the end would crash the caller's loop over them.
   if (!Number.isSafeInteger(nextOp) || nextOp < 0 || nextOp > manifest.operations.length) {
     throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${nextOp} is outside 0..${manifest.operations.length}.`);
   }
@@ -143,16 +102,17 @@ export function resumeOffset(verified: VerifiedPayload, nextOp: number): number 
   return offset;
 }
 
-function firstBlobFrom(manifest: Manifest, nextOp: number): number {
-  for (let i = nextOp; i < manifest.operations.length; i++) {
-    const op = manifest.operations[i]!;
-    if (op.op === 'REPLACE' || op.op === 'PATCH') return op.blob;
+function firstBlobFrom(manifest: ManifestView, nextOp: number): number {
+  const table = manifest.operations;
+  for (let i = nextOp; i < table.length; i++) {
+    if (table.blob(i) >= 0) return table.blob(i);
   }
   return manifest.blobs.length;
 }
 
 export interface OperationItem {
   index: number;
+  /** Materialised from the table for this item alone. */
   op: Operation;
   /** Output of REPLACE and PATCH: decoded, hash-checked; valid until the next item is requested. */
   data?: Buffer;
@@ -176,9 +136,10 @@ export async function* readOperations(
   options: ReadOperationsOptions = {},
 ): AsyncGenerator<OperationItem> {
   const { manifest } = verified;
+  const table = manifest.operations;
   const startOp = options.startOp ?? 0;
-  if (!Number.isSafeInteger(startOp) || startOp < 0 || startOp > manifest.operations.length) {
-    throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${startOp} is outside 0..${manifest.operations.length}.`);
+  if (!Number.isSafeInteger(startOp) || startOp < 0 || startOp > table.length) {
+    throw new TandemError('ERR_CHECKPOINT', `Checkpoint operation ${startOp} is outside 0..${table.length}.`);
   }
   const zstd = verified.decoder;
   // Fixed buffers for the whole payload: one compressed blob in, one operation out.
@@ -189,14 +150,13 @@ export async function* readOperations(
   // Decoded bytes of the first blob that belong to operations applied before the checkpoint.
   let skip = 0;
   for (let i = 0; i < startOp; i++) {
-    const op = manifest.operations[i]!;
-    if ((op.op === 'REPLACE' || op.op === 'PATCH') && op.blob === blobIndex + 1) skip += extentsLength(op.dst);
+    if (table.blob(i) === blobIndex + 1) skip += table.outputLength(i);
   }
 
   try {
-    for (let index = startOp; index < manifest.operations.length; index++) {
+    for (let index = startOp; index < table.length; index++) {
       options.signal?.throwIfAborted();
-      const op = manifest.operations[index]!;
+      const op = table.get(index);
       if (op.op !== 'REPLACE' && op.op !== 'PATCH') {
         yield { index, op };
         continue;
@@ -212,7 +172,7 @@ export async function* readOperations(
           skip -= n;
         }
       }
-      const data = frame!.take(extentsLength(op.dst), output);
+      const data = frame!.take(table.outputLength(index), output);
       if (sha256Hex(data) !== op.sha256) {
         throw new TandemError('ERR_OPERATION_HASH', `Operation ${index} (${op.op}) output does not match its signed sha256.`, {
           details: { operation: index },

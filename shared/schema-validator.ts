@@ -8,23 +8,24 @@ import { TandemError, type ErrorCode } from './errors.ts';
 
 const ajv = new Ajv({ strict: true, strictRequired: false, allErrors: false, allowUnionTypes: true, ownProperties: true });
 
-export type Validator<T> = (value: unknown, what?: string) => T;
+/** `at` prefixes the paths in messages: a part validated on its own is named as in its document. */
+export type Validator<T> = (value: unknown, what?: string, at?: string) => T;
 
 export function compileValidator<T>(schema: AnySchema, code: ErrorCode = 'ERR_SCHEMA'): Validator<T> {
   let compiled: ValidateFunction | undefined;
-  return (value: unknown, what = 'document'): T => {
+  return (value: unknown, what = 'document', at = ''): T => {
     compiled ??= ajv.compile(schema);
     if (compiled(value)) return value as T;
     const first = compiled.errors?.[0];
-    throw new TandemError(code, `Invalid ${what}: ${describe(first)}.`, {
-      details: { path: first?.instancePath || '/', keyword: first?.keyword, params: first?.params },
+    throw new TandemError(code, `Invalid ${what}: ${describe(first, at)}.`, {
+      details: { path: at + (first?.instancePath ?? '') || '/', keyword: first?.keyword, params: first?.params },
     });
   };
 }
 
-function describe(error: ErrorObject | undefined): string {
+function describe(error: ErrorObject | undefined, prefix: string): string {
   if (!error) return 'does not match its schema';
-  const at = error.instancePath || '(root)';
+  const at = prefix + error.instancePath || '(root)';
   if (error.keyword === 'additionalProperties') {
     return `${at} has an unknown field ${JSON.stringify((error.params as { additionalProperty: string }).additionalProperty)}`;
   }

@@ -12,7 +12,7 @@ import type { VerifiedPayload } from '../../payloads/payload-reader.ts';
 import type { ZstdBinding } from '../../payloads/zstd.ts';
 import { TandemError } from '../../shared/errors.ts';
 import type { RootTrust } from '../../shared/keyring.ts';
-import type { Manifest } from '../../shared/schemas/manifest.ts';
+import type { ManifestHeader } from '../../shared/schemas/manifest.ts';
 import { compareVersions } from '../../shared/versions.ts';
 import type { Slot } from '../boot-control/index.ts';
 import type { UpdateRecord } from '../state.ts';
@@ -28,7 +28,7 @@ export interface InstallPolicy {
 }
 
 /** Refusals that depend only on the signed manifest and the device (pure). */
-export function checkInstallPolicy(manifest: Manifest, policy: InstallPolicy): void {
+export function checkInstallPolicy(manifest: ManifestHeader, policy: InstallPolicy): void {
   if (manifest.board !== policy.board) {
     throw new TandemError('ERR_WRONG_BOARD', `Version ${manifest.version} is for board ${manifest.board}; this device is ${policy.board}.`, {
       details: { board: manifest.board, expected: policy.board },

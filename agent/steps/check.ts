@@ -14,10 +14,11 @@ import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { TandemError } from '../../shared/errors.ts';
 import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../../shared/keyring.ts';
 import { decodeBase64Strict } from '../../shared/keys.ts';
-import type { Manifest } from '../../shared/schemas/manifest.ts';
+import type { ManifestHeader } from '../../shared/schemas/manifest.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type CheckResponseBody, type UpdateOffer } from '../../shared/schemas/protocol.ts';
 import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
-import { decodeStoredManifest, parseManifest } from '../../payloads/payload-reader.ts';
+import { parseManifest, parseStoredManifest } from '../../payloads/manifest-parser.ts';
+import { manifestHeader, type ManifestView } from '../../payloads/operation-table.ts';
 import { inspectFrame, type ZstdBinding } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
 import type { Slot } from '../boot-control/index.ts';
@@ -40,7 +41,8 @@ export interface CheckInput {
 
 export interface VerifiedOffer {
   offer: UpdateOffer;
-  manifest: Manifest;
+  /** Parsed and checked whole; only the header is kept (the payload's own copy is parsed again to apply it). */
+  manifest: ManifestHeader;
   manifestBytes: Buffer;
   manifestSha256: string;
   payloadUrl: string;
@@ -133,11 +135,11 @@ function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number)
 
 /**
  * The manifest as stored in a payload and signed: a zstd frame of its canonical
- * JSON (format v1). Decoded only after its signature verified, bounded by the
- * content size its frame header declares.
+ * JSON (format v1). Decoded (in chunks, as it is parsed) only after its
+ * signature verified, bounded by the content size its frame header declares.
  */
-function decodeOfferedManifest(stored: Buffer, decoder: ZstdBinding): Buffer {
-  if (stored.length < 4 || stored.readUInt32LE(0) !== 0xfd2fb528) return stored;
+function parseOfferedManifest(stored: Buffer, decoder: ZstdBinding): ManifestView {
+  if (stored.length < 4 || stored.readUInt32LE(0) !== 0xfd2fb528) return parseManifest(stored);
   let contentSize: number | undefined;
   try {
     contentSize = inspectFrame(stored).contentSize;
@@ -145,7 +147,7 @@ function decodeOfferedManifest(stored: Buffer, decoder: ZstdBinding): Buffer {
     throw new TandemError('ERR_MANIFEST_INVALID', `Invalid manifest: ${(cause as Error).message}`, { cause });
   }
   if (contentSize === undefined) throw new TandemError('ERR_MANIFEST_INVALID', 'Invalid manifest: its zstd frame does not declare a bounded size.');
-  return decodeStoredManifest(stored, contentSize, decoder);
+  return parseStoredManifest(stored, contentSize, decoder);
 }
 
 function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: ResponseExpectations): VerifiedOffer {
@@ -153,7 +155,7 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
   const manifestBytes = decodeBase64Strict(offer.manifest);
   if (manifestBytes === undefined) throw new TandemError('ERR_OFFER_MISMATCH', 'The offered manifest is not canonical base64.');
   verifySignedBytes(manifestBytes, offer.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now, 'release');
-  const manifest = parseManifest(decodeOfferedManifest(manifestBytes, expect.decoder));
+  const manifest = manifestHeader(parseOfferedManifest(manifestBytes, expect.decoder));
   const mismatch = (what: string): never => {
     throw new TandemError('ERR_OFFER_MISMATCH', `The offer's ${what} disagrees with its signed manifest.`, { details: { field: what } });
   };

@@ -36,7 +36,8 @@ export type Operation =
 
 export type OperationKind = Operation['op'];
 
-export interface Manifest {
+/** Every field of a manifest but its operations: what a reader keeps as parsed (payloads/operation-table.ts holds the operations). */
+export interface ManifestHeader {
   type: 'tandem-manifest';
   formatVersion: 1;
   product: string;
@@ -49,6 +50,10 @@ export interface Manifest {
   target: ImageRef;
   dataSize: number;
   blobs: Blob[];
+}
+
+/** The plain form, as the generator builds and serialises it. */
+export interface Manifest extends ManifestHeader {
   operations: Operation[];
 }
 
@@ -149,4 +154,16 @@ export const manifestSchema = {
   else: { not: { required: ['source'] } },
 } as const;
 
-export const validateManifest = compileValidator<Manifest>(manifestSchema, 'ERR_MANIFEST_INVALID');
+/**
+ * The reader never holds the operations as objects (payloads/manifest-parser.ts):
+ * it validates each one on its own with validateOperation, and the rest of the
+ * manifest with its operations spliced out (`"operations":[]`) with this schema.
+ */
+export const manifestHeaderSchema = {
+  ...manifestSchema,
+  properties: { ...manifestSchema.properties, operations: { type: 'array', maxItems: 0 } },
+} as const;
+
+export const validateManifestHeader = compileValidator<ManifestHeader & { operations: [] }>(manifestHeaderSchema, 'ERR_MANIFEST_INVALID');
+/** Call with the operation's path for the message, e.g. `validateOperation(value, 'manifest', '/operations/7')`. */
+export const validateOperation = compileValidator<Operation>(OPERATION, 'ERR_MANIFEST_INVALID');

@@ -13,6 +13,7 @@ import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { isTandemError, TandemError, type ErrorCode } from '../../shared/errors.ts';
 import type { Extent, Manifest } from '../../shared/schemas/manifest.ts';
 import { applyPayload, type ApplyOptions } from '../../payloads/apply.ts';
+import type { ManifestView } from '../../payloads/operation-table.ts';
 import { encodeHeader, MANIFEST_MAX_BYTES, MAX_BLOB_SIZE, MAX_OPERATION_SIZE } from '../../payloads/format.ts';
 import { blobOf, bytesAt, compressFrame, craftPayload, manifestOf, planPayload, rawFrame, rleFrame, sha256Hex, type Plan } from '../helpers/craft-payload.ts';
 import { makeTrust } from '../helpers/trust.ts';
@@ -501,7 +502,7 @@ test('PATCH without a dictionary blob, and REPLACE with one, are refused', async
 test('sizes beyond 2^32 that are consistent pass every check (nothing truncates to 32 bits)', async (t) => {
   // 2^32 + 4 KiB of ZERO operations: valid. Stop at the accept hook so nothing is written.
   const size = TWO_32 + 4096;
-  let seen: Manifest | undefined;
+  let seen: ManifestView | undefined;
   const err = await refused(t, craftPayload(trust, zeroManifest(size, zeros(size))), {
     code: 'ERR_WRONG_BOARD',
     declaredSize: 0,
