@@ -5,27 +5,57 @@
  *   boot flag) vs `curl URL | zstd -d | dd bs=2M conv=fsync of=SLOT` + `sha256sum SLOT`
  *   (target ≥ 0.7×);
  * - the agent's peak RSS for each image size (target: equal within 16 MiB, ≤ 80 MiB).
- * Sizes: TANDEM_BENCH_AGENT_MIB (default "512,2048").
+ * Sizes: TANDEM_BENCH_AGENT_MIB (default "512,2048"). Two kinds of image
+ * (TANDEM_BENCH_AGENT_IMAGES, default "fixture,synthetic"): `fixture`, the
+ * Debian appliance image of ../shared/fixtures (1.1.0) followed by zeros up to
+ * the size — a real root filesystem with free space; and `synthetic`, whose
+ * 4 KiB blocks switch at random between zero, copied and literal runs — the
+ * adversarial case for the manifest (~150 operations per MiB).
  */
 import { open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createPayload } from '../../payloads/generate.ts';
 import { makeDevice, makeFleetKeys, makeImage, ProtocolServer } from '../agent/harness.ts';
-import { emit, measure, REPO, round, tempDir } from './lib/bench-kit.ts';
+import { emit, fixtureImages, measure, REPO, round, tempDir, type FixtureImages } from './lib/bench-kit.ts';
 
 const AGENT = join(REPO, 'bin', 'tandem-agent.js');
 const sizes = (process.env.TANDEM_BENCH_AGENT_MIB ?? '512,2048').split(',').map(Number).filter((n) => n > 0);
+const kinds = (process.env.TANDEM_BENCH_AGENT_IMAGES ?? 'fixture,synthetic').split(',').filter((k) => k === 'fixture' || k === 'synthetic');
+const fixtures = kinds.includes('fixture') ? await fixtureImages() : undefined;
+if (fixtures && 'skipped' in fixtures) emit({ bench: 'agent-update', image: 'fixture', skipped: fixtures.skipped });
+
+/** Writes the image 1 MiB at a time: the bench itself must not hold a 2 GiB image. */
+async function writeImage(path: string, kind: string, mib: number): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    if (kind === 'synthetic') {
+      for (let i = 0; i < mib; i++) await fh.write(makeImage(1, 1000 + i));
+      return;
+    }
+    const source = await open((fixtures as FixtureImages).new, 'r');
+    try {
+      const chunk = Buffer.alloc(1024 * 1024);
+      for (let i = 0; i < mib; i++) {
+        chunk.fill(0);
+        await source.read(chunk, 0, chunk.length, i * chunk.length);
+        await fh.write(chunk);
+      }
+    } finally {
+      await source.close();
+    }
+  } finally {
+    await fh.close();
+  }
+}
 const work = await tempDir('tandem-bench-agent-');
 const keys = makeFleetKeys();
 const server = await new ProtocolServer({ keys }).start();
-const rss: { mib: number; maxRssMiB: number }[] = [];
+const rss: { kind: string; mib: number; maxRssMiB: number }[] = [];
 try {
-  for (const mib of sizes) {
-    // Written 1 MiB at a time: the bench itself must not hold a 2 GiB image.
+  for (const kind of kinds) for (const mib of sizes) {
+    if (kind === 'fixture' && (fixtures === undefined || 'skipped' in fixtures)) continue;
     const imagePath = join(work.path, `image-${mib}.img`);
-    const fh = await open(imagePath, 'w');
-    for (let i = 0; i < mib; i++) await fh.write(makeImage(1, 1000 + i));
-    await fh.close();
+    await writeImage(imagePath, kind, mib);
     const payload = await createPayload({ image: imagePath, version: '2.0.0', board: 'testboard', product: 'appliance', signer: keys.release.privateKey, keyring: keys.keyring, out: join(work.path, `image-${mib}.tpl`), level: 3 });
     const zst = join(work.path, `image-${mib}.img.zst`);
     const compressed = await measure('zstd', ['-q', '-f', '-3', '-T0', imagePath, '-o', zst]);
@@ -41,7 +71,8 @@ try {
       image: seed,
       overrides: { rebootCommand: null, download: { checkpointEveryBytes: 8 * 1024 * 1024 } },
     });
-    const ours = await measure(process.execPath, [AGENT, 'check', '--config', dev.configPath, '--quiet']);
+    // The node flags of agent/tandem-agent.service (and of the bin/ launcher's shebang).
+    const ours = await measure(process.execPath, ['--max-semi-space-size=1', '--max-old-space-size=96', AGENT, 'check', '--config', dev.configPath, '--quiet']);
     if (ours.code !== 4) throw new Error(`tandem-agent check exited ${ours.code}`);
 
     const slot = join(work.path, `baseline-slot-${mib}.img`);
@@ -52,7 +83,9 @@ try {
 
     emit({
       bench: 'agent-update',
+      image: kind,
       imageMiB: mib,
+      operations: payload.manifest.operations.length,
       payloadMiB: round(payload.size / 2 ** 20),
       seconds: ours.seconds,
       throughputMiBps: round(mib / ours.seconds),
@@ -61,15 +94,17 @@ try {
       ratio: round(baseline.seconds / ours.seconds),
       target: '>= 0.7',
     });
-    rss.push({ mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024) });
-    emit({ bench: 'agent-rss', imageMiB: mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024), baseline: 'dd pipeline', baselineMaxRssMiB: Math.round(baseline.maxRssKiB / 1024), target: '<= 80' });
+    rss.push({ kind, mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024) });
+    emit({ bench: 'agent-rss', image: kind, imageMiB: mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024), baseline: 'dd pipeline', baselineMaxRssMiB: Math.round(baseline.maxRssKiB / 1024), target: '<= 80' });
     await rm(imagePath, { force: true });
     await rm(slot, { force: true });
     await rm(dev.dir, { recursive: true, force: true });
   }
-  if (rss.length > 1) {
-    const spread = Math.max(...rss.map((r) => r.maxRssMiB)) - Math.min(...rss.map((r) => r.maxRssMiB));
-    emit({ bench: 'agent-rss-spread', sizesMiB: rss.map((r) => r.mib), spreadMiB: spread, target: '<= 16' });
+  for (const kind of kinds) {
+    const mine = rss.filter((r) => r.kind === kind);
+    if (mine.length < 2) continue;
+    const spread = Math.max(...mine.map((r) => r.maxRssMiB)) - Math.min(...mine.map((r) => r.maxRssMiB));
+    emit({ bench: 'agent-rss-spread', image: kind, sizesMiB: mine.map((r) => r.mib), spreadMiB: spread, target: '<= 16' });
   }
 } finally {
   await server.close();
