@@ -10,8 +10,13 @@ import type { ReleaseStats, Rollout } from '../store/store.ts';
 
 export type HaltDecision = { halt: false } | { halt: true; reason: string };
 
+/** Only a rollout that is offering its release can halt itself: a halted or paused one is left alone. */
+export function canHalt(rollout: Pick<Rollout, 'state'>): boolean {
+  return rollout.state === 'active' || rollout.state === 'complete';
+}
+
 export function shouldHalt(stats: Pick<ReleaseStats, 'attempts' | 'failures'>, rollout: Pick<Rollout, 'state' | 'failureThresholdBp' | 'minAttempts'>): HaltDecision {
-  if (rollout.state !== 'active' && rollout.state !== 'complete') return { halt: false };
+  if (!canHalt(rollout)) return { halt: false };
   if (stats.attempts < rollout.minAttempts || stats.attempts === 0) return { halt: false };
   // Integer arithmetic: failures / attempts > threshold / 10000, without a float.
   if (stats.failures * 10_000 <= rollout.failureThresholdBp * stats.attempts) return { halt: false };

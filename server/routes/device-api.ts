@@ -20,7 +20,7 @@ import type { ServerContext } from '../context.ts';
 import { authenticateDevice, hashSecret, newSecret } from '../http/auth.ts';
 import { readJsonBody } from '../http/body.ts';
 import { chooseOffer, jitteredPoll } from '../rollout/choose-offer.ts';
-import { shouldHalt } from '../rollout/should-halt.ts';
+import { canHalt, shouldHalt } from '../rollout/should-halt.ts';
 import type { Device, Release, StoredEvent } from '../store/store.ts';
 import { prepareOffer, signCheckResponse, type SignedCheckResponse } from './check-response.ts';
 
@@ -141,7 +141,8 @@ export async function recordEvents(sc: ServerContext, device: Device, claimedId:
     throw new TandemError('ERR_EVENT_CONFLICT', 'One request carries the same event id twice.');
   }
   const result = await sc.store.insertEvents(device.id, stored);
-  for (const e of stored) {
+  // Retries of events already stored are acknowledged but not counted again.
+  for (const e of result.inserted) {
     sc.metrics.inc('tandem_events_total', { type: e.type });
     if (e.type === 'error' || e.type === 'rolledBack') sc.metrics.inc('tandem_event_errors_total', { code: e.code ?? 'ERR_UNKNOWN' });
   }
@@ -152,8 +153,9 @@ export async function recordEvents(sc: ServerContext, device: Device, claimedId:
 /** Re-evaluates a release's failure rate after a new outcome; halts it with the reason when over the threshold. */
 export async function haltIfFailing(sc: ServerContext, releaseId: string): Promise<boolean> {
   const rollout = await sc.store.getRollout(releaseId);
-  if (!rollout) return false;
-  const decision = shouldHalt(await sc.store.releaseStats(releaseId), rollout);
+  // Counting outcomes scans the release's events: not for a rollout that is halted or paused already.
+  if (!rollout || !canHalt(rollout)) return false;
+  const decision = shouldHalt(await sc.store.outcomeCounts(releaseId), rollout);
   if (!decision.halt) return false;
   const at = new Date().toISOString();
   await sc.store.updateRollout(releaseId, { state: 'halted', haltReason: decision.reason, updatedAt: at, updatedBy: 'system' });

@@ -502,6 +502,7 @@ export class SqliteStore implements Store {
       let accepted = 0;
       let duplicates = 0;
       const outcomes = new Set<string>();
+      const inserted: StoredEvent[] = [];
       for (const e of events) {
         const existing = this.st('SELECT * FROM events WHERE device_id = ? AND id = ?').get(deviceId, e.id) as Row | undefined;
         if (existing) {
@@ -517,13 +518,14 @@ export class SqliteStore implements Store {
           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
           .run(deviceId, e.id, e.type, e.version, e.channel, e.at, e.code, e.message, e.payloadKind, e.progressDone, e.progressTotal, e.releaseId, e.receivedAt);
         accepted++;
+        inserted.push(e);
         if (BARRING_TYPES.has(e.type)) {
           this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'event', ?) ON CONFLICT DO NOTHING")
             .run(deviceId, e.version, e.receivedAt, e.code);
         }
         if (OUTCOME_TYPES.has(e.type) && e.releaseId !== null) outcomes.add(e.releaseId);
       }
-      return { accepted, duplicates, outcomeReleases: [...outcomes] };
+      return { accepted, duplicates, outcomeReleases: [...outcomes], inserted };
     });
   }
 
@@ -545,14 +547,24 @@ export class SqliteStore implements Store {
         case 'error': stats.errors = n; break;
       }
     }
-    stats.attempts = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('committed', 'rolledBack', 'error')`).get(releaseId) as Row).n);
-    // A device whose attempt failed but which then committed (e.g. delta refused, full installed) is a success.
-    stats.failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events e WHERE release_id = ? AND (type = 'rolledBack'
-      OR (type = 'error' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.release_id = e.release_id AND c.device_id = e.device_id AND c.type = 'committed')))`).get(releaseId) as Row).n);
+    Object.assign(stats, this.countOutcomes(releaseId));
     const codes = this.st(`SELECT COALESCE(code, 'ERR_UNKNOWN') AS code, COUNT(DISTINCT device_id) AS n FROM events
       WHERE release_id = ? AND type IN ('rolledBack', 'error') GROUP BY COALESCE(code, 'ERR_UNKNOWN')`).all(releaseId) as Row[];
     for (const r of codes) stats.errorsByCode[str(r.code)] = num(r.n);
     return stats;
+  }
+
+  async outcomeCounts(releaseId: string): Promise<Pick<ReleaseStats, 'attempts' | 'failures'>> {
+    this.flushChecks();
+    return this.countOutcomes(releaseId);
+  }
+
+  private countOutcomes(releaseId: string): Pick<ReleaseStats, 'attempts' | 'failures'> {
+    const attempts = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('committed', 'rolledBack', 'error')`).get(releaseId) as Row).n);
+    // A device whose attempt failed but which then committed (e.g. delta refused, full installed) is a success.
+    const failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events e WHERE release_id = ? AND (type = 'rolledBack'
+      OR (type = 'error' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.release_id = e.release_id AND c.device_id = e.device_id AND c.type = 'committed')))`).get(releaseId) as Row).n);
+    return { attempts, failures };
   }
 
   async deviceEvents(deviceId: string, limit: number): Promise<StoredEvent[]> {

@@ -184,6 +184,8 @@ export interface EventInsertResult {
   duplicates: number;
   /** Release ids that got a new outcome (committed, error, rolledBack): the caller re-evaluates their halt condition. */
   outcomeReleases: string[];
+  /** The events that were new (not retries of ones already stored): what metrics count. */
+  inserted: StoredEvent[];
 }
 
 export interface DeviceFilter {
@@ -239,6 +241,8 @@ export interface Store {
 
   insertEvents(deviceId: string, events: StoredEvent[]): Promise<EventInsertResult>;
   releaseStats(releaseId: string): Promise<ReleaseStats>;
+  /** Just what the halt rule needs (ReleaseStats.attempts and .failures), in two queries instead of six. */
+  outcomeCounts(releaseId: string): Promise<Pick<ReleaseStats, 'attempts' | 'failures'>>;
   deviceEvents(deviceId: string, limit: number): Promise<StoredEvent[]>;
 
   audit(entry: AuditEntry): Promise<void>;

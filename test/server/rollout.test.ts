@@ -224,10 +224,16 @@ test('events are idempotent per id; the same id with other content is refused', 
   const d = new TestDevice(ts.server.url, 'events-1');
   await d.enroll(token);
   const event = { id: 'evt-000000001', type: 'installed', version: '1.1.0', channel: 'stable', at: '2025-01-01T00:00:00Z' };
+  const installedCount = async (): Promise<number> => {
+    const text = await (await fetch(`${ts.server.url}/metrics`)).text();
+    return Number(/^tandem_events_total\{type="installed"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+  };
+  const before = await installedCount();
   const first = await post(ts.server.url, '/v1/events', { deviceId: d.id, events: [event] }, d.credential);
   t.deepEqual(first.body, { accepted: 1, duplicates: 0 });
   const retry = await post(ts.server.url, '/v1/events', { deviceId: d.id, events: [event] }, d.credential);
   t.deepEqual(retry.body, { accepted: 0, duplicates: 1 });
+  t.is(await installedCount(), before + 1, 'a retried event is counted once in /metrics too');
   const forged = await post(ts.server.url, '/v1/events', { deviceId: d.id, events: [{ ...event, type: 'committed' }] }, d.credential);
   t.is(forged.status, 409);
   t.is(forged.body.error.code, 'ERR_EVENT_CONFLICT');
