@@ -484,15 +484,7 @@ export class DeviceAgent {
     const started = Date.parse(update.healthStartedAt ?? this.iso());
     const deadline = started + this.config.health.deadlineSeconds * 1000;
     this.log.info({ version: update.version, checks: this.config.health.checks.length, deadline: new Date(deadline).toISOString() }, 'health checks');
-    const report = await runHealthChecks({
-      checks: this.config.health.checks,
-      deadline,
-      intervalSeconds: this.config.health.intervalSeconds,
-      systemctl: this.config.health.systemctl,
-      dispatcher: this.dispatcher,
-      ...(signal ? { signal } : {}),
-      log: (message, fields) => this.log.warn({ ...fields }, message),
-    });
+    const report = await this.healthChecks(deadline, signal);
     if (report.ok) return this.commit(update);
     const failing = report.failing!;
     const message = `Health check ${JSON.stringify(failing.name)} failed: ${failing.detail}`.slice(0, 1000);
@@ -510,15 +502,7 @@ export class DeviceAgent {
   private async adoptTrial(signal?: AbortSignal): Promise<CycleResult> {
     const version = await this.currentVersion().catch(() => 'unknown');
     this.log.warn({ slot: this.booted, version }, 'running a slot on trial with no update on record; health checks decide');
-    const report = await runHealthChecks({
-      checks: this.config.health.checks,
-      deadline: Date.now() + this.config.health.deadlineSeconds * 1000,
-      intervalSeconds: this.config.health.intervalSeconds,
-      systemctl: this.config.health.systemctl,
-      dispatcher: this.dispatcher,
-      ...(signal ? { signal } : {}),
-      log: (message, fields) => this.log.warn({ ...fields }, message),
-    });
+    const report = await this.healthChecks(Date.now() + this.config.health.deadlineSeconds * 1000, signal);
     if (report.ok) {
       await this.control.markGood(this.booted);
       await this.refreshBoot();
@@ -529,6 +513,19 @@ export class DeviceAgent {
     await this.refreshBoot();
     const rebootRequested = await this.reboot(signal);
     return { result: 'rollingBack', version, code: 'ERR_HEALTH_CHECK', rebootRequested };
+  }
+
+  /** The configured health checks, until they all pass or `deadline` (ms since the epoch) passes. */
+  private healthChecks(deadline: number, signal?: AbortSignal): ReturnType<typeof runHealthChecks> {
+    return runHealthChecks({
+      checks: this.config.health.checks,
+      deadline,
+      intervalSeconds: this.config.health.intervalSeconds,
+      systemctl: this.config.health.systemctl,
+      dispatcher: this.dispatcher,
+      ...(signal ? { signal } : {}),
+      log: (message, fields) => this.log.warn({ ...fields }, message),
+    });
   }
 
   private async commit(update: UpdateRecord): Promise<CycleResult> {

@@ -555,7 +555,7 @@ export class SqliteStore implements Store {
   }
 
   async outcomeCounts(releaseId: string): Promise<Pick<ReleaseStats, 'attempts' | 'failures'>> {
-    this.flushChecks();
+    // Outcomes are events, written at once (insertEvents): no pending check record bears on them.
     return this.countOutcomes(releaseId);
   }
 

@@ -9,10 +9,10 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DeviceAgent, type CycleResult } from '../../agent/agent.ts';
+import { DeviceAgent } from '../../agent/agent.ts';
 import { generateKeyPair } from '../../shared/keys.ts';
 import { createKeyring } from '../../shared/keyring.ts';
-import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, slotHolds, tempDir, type Device, type Release } from './harness.ts';
+import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, slotHolds, tempDir, type Device, type Release, runCycle as cycle } from './harness.ts';
 
 const keys = makeFleetKeys();
 let dir = '';
@@ -52,14 +52,6 @@ async function device(overrides: Record<string, unknown> = {}): Promise<Device> 
   return makeDevice(join(dir, `device-${n++}`), { server: server.url, keys, version: '1.0.0', image: image1, overrides });
 }
 
-async function cycle(dev: Device): Promise<CycleResult> {
-  const agent = await DeviceAgent.open(await dev.config());
-  try {
-    return await agent.cycle();
-  } finally {
-    await agent.close();
-  }
-}
 
 /** Refused with `code` within `seconds`; slot A and the boot flags untouched. */
 async function refused(t: ExecutionContext, dev: Device, code: string, seconds = 10): Promise<void> {

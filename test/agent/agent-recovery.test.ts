@@ -8,8 +8,7 @@
 import test from 'ava';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DeviceAgent, type CycleResult } from '../../agent/agent.ts';
-import { makeDevice, makeFleetKeys, makeImage, ProtocolServer, slotHolds, tempDir, type Device } from './harness.ts';
+import { makeDevice, makeFleetKeys, makeImage, ProtocolServer, slotHolds, tempDir, type Device, runCycle as cycle } from './harness.ts';
 
 const keys = makeFleetKeys();
 let dir = '';
@@ -31,14 +30,6 @@ function device(options: { healthChecks?: unknown[] } = {}): Promise<Device> {
   return makeDevice(join(dir, `device-${n++}`), { server: server.url, keys, version: '1.0.0', image: image1, ...options });
 }
 
-async function cycle(dev: Device): Promise<CycleResult> {
-  const agent = await DeviceAgent.open(await dev.config());
-  try {
-    return await agent.cycle();
-  } finally {
-    await agent.close();
-  }
-}
 
 async function lastError(dev: Device): Promise<string | undefined> {
   return (JSON.parse(await readFile(join(dev.stateDir, 'state.json'), 'utf8')) as { lastError?: { code: string } }).lastError?.code;

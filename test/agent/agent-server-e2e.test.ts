@@ -10,10 +10,10 @@ import anyTest, { type TestFn } from 'ava';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { DeviceAgent, type CycleResult } from '../../agent/agent.ts';
+import { DeviceAgent } from '../../agent/agent.ts';
 import { decodePublicKeyFile } from '../../shared/keys.ts';
 import { AdminClient, startServer, type RunningServer } from '../../server/index.ts';
-import { evolveImage, makeDevice, makeImage, slotHolds, tempDir, type Device } from './harness.ts';
+import { evolveImage, makeDevice, makeImage, slotHolds, tempDir, type Device, runCycle as cycle } from './harness.ts';
 
 interface Ctx {
   dir: string;
@@ -59,14 +59,6 @@ async function device(t: { context: Ctx }, options: { healthChecks?: unknown[]; 
   return dev;
 }
 
-async function cycle(dev: Device): Promise<CycleResult> {
-  const agent = await DeviceAgent.open(await dev.config());
-  try {
-    return await agent.cycle();
-  } finally {
-    await agent.close();
-  }
-}
 
 async function deviceId(dev: Device): Promise<string> {
   return (await dev.config()).deviceId;

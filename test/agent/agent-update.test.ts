@@ -9,8 +9,8 @@
 import test from 'ava';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DeviceAgent, type CycleResult } from '../../agent/agent.ts';
-import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, slotHolds, tempDir, type Device, type Release } from './harness.ts';
+import { DeviceAgent } from '../../agent/agent.ts';
+import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, slotHolds, tempDir, type Device, type Release, runCycle as cycle } from './harness.ts';
 
 const keys = makeFleetKeys();
 let dir = '';
@@ -37,15 +37,6 @@ async function device(options: { healthChecks?: unknown[]; overrides?: Record<st
   return makeDevice(join(dir, `device-${n++}`), { server: server.url, keys, version: '1.0.0', image: image1, ...options });
 }
 
-/** One agent run: open, one cycle, close (what `tandem-agent check` does). */
-async function cycle(dev: Device): Promise<CycleResult> {
-  const agent = await DeviceAgent.open(await dev.config());
-  try {
-    return await agent.cycle();
-  } finally {
-    await agent.close();
-  }
-}
 
 test.serial('full update: install into B, simulated reboot, health checks pass, committed', async (t) => {
   const dev = await device({ healthChecks: [{ type: 'command', command: ['true'] }] });

@@ -1,6 +1,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { execFile, spawnSync } from 'node:child_process';
+import { toolTest as withTool } from '../helpers/tool-test.ts';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -21,13 +22,8 @@ test.after.always(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Tests of the real grub-editenv: skipped with a reason when it is missing, failed instead when CI requires the tools. */
-const HAVE_GRUB_EDITENV = spawnSync('sh', ['-c', 'command -v grub-editenv'], { stdio: 'ignore' }).status === 0;
-function toolTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
-  if (HAVE_GRUB_EDITENV) test(title, fn);
-  else if (process.env.TANDEM_REQUIRE_TOOLS === '1') test(title, (t) => t.fail('grub-editenv is missing (Debian package grub-common) and TANDEM_REQUIRE_TOOLS=1'));
-  else test.skip(`${title} [skipped: grub-editenv not installed; apt-get install grub-common]`, fn);
-}
+/** Tests of the real grub-editenv (test/helpers/tool-test.ts). */
+const toolTest = (title: string, fn: (t: ExecutionContext) => Promise<void>): void => withTool(test, title, { commands: ['grub-editenv'], packages: 'grub-common' }, fn);
 
 const editenv = async (file: string, ...args: string[]) => (await run('grub-editenv', [file, ...args])).stdout;
 const vars = (o: Record<string, string>) => new Map(Object.entries(o));

@@ -1,6 +1,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { execFile, spawnSync } from 'node:child_process';
+import { toolTest as withTool } from '../helpers/tool-test.ts';
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { decideBoot } from '../../agent/boot-control/boot-decision.ts';
@@ -13,12 +14,7 @@ const GRUB_CFG = new URL('../../agent/boot/grub.cfg', import.meta.url);
 const BOOT_CMD = new URL('../../agent/boot/boot.cmd', import.meta.url);
 const code = async (url: URL) => (await readFile(url, 'utf8')).replace(/^\s*#.*$/gm, '');
 
-const HAVE_SCRIPT_CHECK = spawnSync('sh', ['-c', 'command -v grub-script-check'], { stdio: 'ignore' }).status === 0;
-function toolTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
-  if (HAVE_SCRIPT_CHECK) test(title, fn);
-  else if (process.env.TANDEM_REQUIRE_TOOLS === '1') test(title, (t) => t.fail('grub-script-check is missing (Debian package grub-common) and TANDEM_REQUIRE_TOOLS=1'));
-  else test.skip(`${title} [skipped: grub-script-check not installed; apt-get install grub-common]`, fn);
-}
+const toolTest = (title: string, fn: (t: ExecutionContext) => Promise<void>): void => withTool(test, title, { commands: ['grub-script-check'], packages: 'grub-common' }, fn);
 
 toolTest('grub.cfg passes grub-script-check', async (t) => {
   await t.notThrowsAsync(run('grub-script-check', [GRUB_CFG.pathname]));

@@ -1,6 +1,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { execFile, spawnSync } from 'node:child_process';
+import { toolTest as withTool } from '../helpers/tool-test.ts';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,13 +30,8 @@ test.after.always(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Tests of the real libubootenv tools: skipped with a reason when missing, failed instead when CI requires the tools. */
-const HAVE_FW_TOOLS = spawnSync('sh', ['-c', 'command -v fw_printenv && command -v fw_setenv'], { stdio: 'ignore' }).status === 0;
-function toolTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
-  if (HAVE_FW_TOOLS) test(title, fn);
-  else if (process.env.TANDEM_REQUIRE_TOOLS === '1') test(title, (t) => t.fail('fw_printenv/fw_setenv are missing (Debian package libubootenv-tool) and TANDEM_REQUIRE_TOOLS=1'));
-  else test.skip(`${title} [skipped: fw_printenv/fw_setenv not installed; apt-get install libubootenv-tool]`, fn);
-}
+/** Tests of the real libubootenv tools (test/helpers/tool-test.ts). */
+const toolTest = (title: string, fn: (t: ExecutionContext) => Promise<void>): void => withTool(test, title, { commands: ['fw_printenv', 'fw_setenv'], packages: 'libubootenv-tool' }, fn);
 
 const vars = (o: Record<string, string>) => new Map(Object.entries(o));
 

@@ -24,6 +24,7 @@ import { createKeyring, signBytes, type KeyringDocument, type KeyringSignature, 
 import { encodePublicKeyFile, generateKeyPair } from '../../shared/keys.ts';
 import { parseSafeJson } from '../../shared/safe-json.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckRequest, validateEventsRequest, type CheckRequest, type CheckResponse, type CheckResponseBody, type DeviceEvent } from '../../shared/schemas/protocol.ts';
+import { DeviceAgent, type CycleResult } from '../../agent/agent.ts';
 import { createBootControl, simulateReboot, type BootControl } from '../../agent/boot-control/index.ts';
 import { loadConfig, type AgentConfig } from '../../agent/config.ts';
 
@@ -408,6 +409,16 @@ export async function makeDevice(dir: string, options: DeviceOptions): Promise<D
 }
 
 /** The first `size` bytes of a slot hash to `sha` (slots may be larger than the image in them). */
+/** One agent run on a device: open, one cycle, close (what `tandem-agent check` does). */
+export async function runCycle(dev: Device): Promise<CycleResult> {
+  const agent = await DeviceAgent.open(await dev.config());
+  try {
+    return await agent.cycle();
+  } finally {
+    await agent.close();
+  }
+}
+
 export async function slotHolds(path: string, image: Buffer): Promise<boolean> {
   const bytes = await readFile(path);
   return bytes.length >= image.length && bytes.subarray(0, image.length).equals(image);

@@ -30,6 +30,7 @@ import type { RootTrust, VerifiedKeyring } from '../../shared/keyring.ts';
 import { decodeBase64Strict, importPublicKey } from '../../shared/keys.ts';
 import type { ZstdBinding } from '../../payloads/zstd.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type DeviceEvent, type EventType } from '../../shared/schemas/protocol.ts';
+import type { ReleaseStats } from '../../server/store/store.ts';
 
 // ---- Time -------------------------------------------------------------------
 
@@ -249,17 +250,7 @@ export class CheckVerifier {
 // ---- The ledger ---------------------------------------------------------------
 
 /** Per release, devices (each counted once) as the server's ReleaseStats counts them, plus adoption. */
-export interface ReleaseTally {
-  offered: number;
-  downloading: number;
-  installed: number;
-  rebooting: number;
-  committed: number;
-  rolledBack: number;
-  errors: number;
-  /** Devices with an outcome (committed, rolled back or errored), and those that failed. */
-  attempts: number;
-  failures: number;
+export interface ReleaseTally extends Omit<ReleaseStats, 'errorsByCode'> {
   /** Devices that checked in running this release after installing it. */
   adopted: number;
   /** Policy seconds (and wall ms) of the last commit, and of the last first check-in on this version. */
