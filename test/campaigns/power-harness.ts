@@ -391,7 +391,8 @@ class DeviceLife {
       }
     }
     const long = target === 'downloading' || target === 'healthChecking';
-    const delayMs = long ? Math.floor(random() * 600) : random() < 0.6 ? 0 : Math.floor(random() * 4);
+    // Half the long-phase kills land as the phase begins: with small images a download can be over in under 100 ms.
+    const delayMs = long ? (random() < 0.5 ? 0 : Math.floor(random() * 600)) : random() < 0.6 ? 0 : Math.floor(random() * 4);
     return { mode: 'targeted', phase: target, delayMs };
   }
 
