@@ -6,11 +6,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { TandemError, isTandemError } from '../shared/errors.ts';
 import { decodePublicKeyFile } from '../shared/keys.ts';
 import type { RootTrust } from '../shared/keyring.ts';
 import { parseSafeJson } from '../shared/safe-json.ts';
+import { declareSchema } from '../shared/schema-validator.ts';
 import { parseVersion } from '../shared/versions.ts';
 import type { BootControlConfig } from './boot-control/index.ts';
 import { MAX_TRIES, type Slot } from './boot-control/boot-control.ts';
@@ -207,9 +208,8 @@ const schema = {
   },
 } as const;
 
-// Its own ajv instance: config errors are reported all at once (allErrors), unlike protocol bodies.
-const ajv = new Ajv({ strict: true, allErrors: true, allowUnionTypes: true, ownProperties: true });
-const validate = ajv.compile(schema);
+// Config errors are reported all at once (allErrors), unlike protocol bodies.
+const configValidator = declareSchema(schema, 'allErrors');
 
 export interface ConfigFieldError {
   field: string;
@@ -285,6 +285,7 @@ export async function parseConfig(doc: unknown, options: { configPath?: string }
   const where = configPath === '' ? '' : `(${configPath})`;
   const base = configPath === '' ? process.cwd() : dirname(configPath);
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const validate = configValidator();
   if (!validate(doc)) throw configError((validate.errors ?? []).map(describe), where);
   const raw = doc as unknown as RawConfig;
   const errors: ConfigFieldError[] = [];

@@ -142,10 +142,15 @@ async function writeZeros(fh: FileHandle, extents: readonly Extent[], zeros: Buf
   }
 }
 
-/** sha256 of the first `size` bytes of a slot, read in 2 MiB chunks. */
-export async function hashSlot(fh: FileHandle, size: number, onBytes?: (done: number) => void, signal?: AbortSignal): Promise<string> {
+/** sha256 of the first `size` bytes of a slot, read in chunks of `buf` (2 MiB unless given). */
+export async function hashSlot(
+  fh: FileHandle,
+  size: number,
+  onBytes?: (done: number) => void,
+  signal?: AbortSignal,
+  buf: Buffer = Buffer.allocUnsafe(MAX_OPERATION_SIZE),
+): Promise<string> {
   const hash = createHash('sha256');
-  const buf = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
   let done = 0;
   while (done < size) {
     signal?.throwIfAborted();
@@ -177,6 +182,9 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
   const target = await openTarget(options.target);
   let source: FileHandle | undefined;
   try {
+    // One 2 MiB buffer for the whole apply: the source check, then each operation's bytes (decoded
+    // output, or read for a copy; used before the next operation starts), then the read-back.
+    const opBuffer = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
     if (manifest.kind === 'delta') {
       source = await open(options.source!, constants.O_RDONLY).catch((err: unknown) => {
         throw ioError(err, `open source ${options.source}`);
@@ -187,7 +195,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
       if (options.verifySource !== false) {
         const expected = manifest.source!;
         const total = expected.size;
-        const digest = await hashSlot(source, expected.size, (done) => options.onProgress?.({ phase: 'source', done, total }), signal).catch((err: unknown) => {
+        const digest = await hashSlot(source, expected.size, (done) => options.onProgress?.({ phase: 'source', done, total }), signal, opBuffer).catch((err: unknown) => {
           if (err instanceof TandemError && err.code === 'ERR_TARGET_HASH') return '';
           throw err;
         });
@@ -199,7 +207,6 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
       }
     }
 
-    const opBuffer = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
     const zeros = Buffer.alloc(ZERO_CHUNK);
     const checkpointEvery = options.checkpointEveryBytes ?? 16 * 1024 * 1024;
     const total = manifest.target.size;
@@ -212,7 +219,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
     const readSource = (extents: readonly Extent[]): Promise<Buffer> =>
       readExtents(source!, extents, Buffer.allocUnsafe(extentsLength(extents)));
 
-    for await (const item of readOperations(verified, reader, { startOp, readSource, ...(signal ? { signal } : {}) })) {
+    for await (const item of readOperations(verified, reader, { startOp, readSource, output: opBuffer, ...(signal ? { signal } : {}) })) {
       const { op, index } = item;
       const length = extentsLength(op.dst);
       let data: Buffer;
@@ -253,7 +260,7 @@ async function applyVerified(verified: VerifiedPayload, reader: ByteReader, star
     }
 
     await target.datasync();
-    const digest = await hashSlot(target, total, (d) => options.onProgress?.({ phase: 'verify', done: d, total }), signal);
+    const digest = await hashSlot(target, total, (d) => options.onProgress?.({ phase: 'verify', done: d, total }), signal, opBuffer);
     if (digest !== manifest.target.sha256) {
       throw new TandemError('ERR_TARGET_HASH', 'The written slot does not match the signed target sha256; it must not be booted.', {
         details: { expected: manifest.target.sha256, actual: digest },

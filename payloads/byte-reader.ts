@@ -4,6 +4,7 @@
  * one chunk the stream last handed over, so memory follows the caller's reads.
  */
 import { TandemError } from '../shared/errors.ts';
+import { noteStreamedGarbage } from './reclaim.ts';
 
 export class ByteReader {
   private readonly iterator: AsyncIterator<Uint8Array>;
@@ -21,7 +22,11 @@ export class ByteReader {
     while (this.pending.length === 0 && !this.done) {
       const next = await this.iterator.next();
       if (next.done) this.done = true;
-      else this.pending = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+      else {
+        // Each chunk a socket or file stream hands over is a new ArrayBuffer, garbage once copied out.
+        noteStreamedGarbage(next.value.byteLength);
+        this.pending = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+      }
     }
     return this.pending.length > 0;
   }

@@ -124,6 +124,12 @@ export interface ReadOperationsOptions {
   /** Reads source bytes for PATCH dictionaries. */
   readSource?: (extents: readonly Extent[]) => Promise<Buffer>;
   signal?: AbortSignal;
+  /**
+   * Where REPLACE and PATCH output is decoded (≥ MAX_OPERATION_SIZE bytes). A
+   * caller that reads copies into a buffer of its own may pass that one: an
+   * item's data is only valid until the next item is requested anyway.
+   */
+  output?: Buffer;
 }
 
 export function sha256Hex(data: Uint8Array): string {
@@ -144,7 +150,8 @@ export async function* readOperations(
   const zstd = verified.decoder;
   // Fixed buffers for the whole payload: one compressed blob in, one operation out.
   const compressed = Buffer.allocUnsafe(MAX_BLOB_SIZE);
-  const output = Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+  const output = options.output ?? Buffer.allocUnsafe(MAX_OPERATION_SIZE);
+  if (output.length < MAX_OPERATION_SIZE) throw new TandemError('ERR_INVALID_ARGUMENT', `The output buffer holds ${output.length} bytes, fewer than an operation's ${MAX_OPERATION_SIZE}.`);
   let blobIndex = firstBlobFrom(manifest, startOp) - 1;
   let frame: FrameStream | undefined;
   // Decoded bytes of the first blob that belong to operations applied before the checkpoint.

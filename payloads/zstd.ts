@@ -13,6 +13,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TandemError } from '../shared/errors.ts';
+import { noteStreamedGarbage } from './reclaim.ts';
 
 interface StreamBinding {
   begin(level?: number): boolean;
@@ -192,6 +193,13 @@ export class FrameStream {
     this.pendingEnd += chunk.length;
   };
 
+  /** Feeds the next block; its output arrived in new ArrayBuffers, garbage once copied (reclaim.ts). */
+  private feedAndReclaim(): void {
+    const before = this.produced;
+    this.feedBlock();
+    noteStreamedGarbage(this.produced - before);
+  }
+
   /** Feeds the next block (the first feed includes the frame header; the last the checksum). */
   private feedBlock(): void {
     const buf = this.compressed;
@@ -221,7 +229,7 @@ export class FrameStream {
         if (this.pendingBytes === 0) {
           if (this.ended) frameError(`decodes to ${this.produced} bytes, fewer than the manifest declares`);
           this.pendingStart = this.pendingEnd = 0;
-          this.feedBlock();
+          this.feedAndReclaim();
           continue;
         }
         const n = Math.min(this.pendingBytes, length - at);
@@ -239,7 +247,7 @@ export class FrameStream {
   /** Everything must have been taken: the frame decodes to exactly rawSize bytes. */
   finish(): void {
     try {
-      while (!this.ended && this.pendingBytes === 0) this.feedBlock();
+      while (!this.ended && this.pendingBytes === 0) this.feedAndReclaim();
       if (this.pendingBytes > 0 || this.produced !== this.limits.rawSize) {
         frameError(`decodes to more than the ${this.limits.rawSize} bytes the manifest declares`);
       }

@@ -2,21 +2,44 @@
  * One place compiles every JSON Schema (STYLE.md 6): strict ajv, compiled once
  * per schema, returning a function that either yields the typed value or throws
  * ERR_SCHEMA naming the first offending field. Past that check, trust the types.
+ *
+ * Every schema is declared here when its module loads and compiled on first
+ * use. The declarations let the agent's build (bin/build-schemas.ts) generate
+ * the validators ahead of time for the modules it bundles.
  */
-import { Ajv, type AnySchema, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { AnySchema, ErrorObject, ValidateFunction } from 'ajv';
 import { TandemError, type ErrorCode } from './errors.ts';
+import { compileSchema } from './schema-compiler.ts';
+import type { SchemaProfile } from './schema-profiles.ts';
 
-const ajv = new Ajv({ strict: true, strictRequired: false, allErrors: false, allowUnionTypes: true, ownProperties: true });
+export interface DeclaredSchema {
+  schema: AnySchema;
+  profile: SchemaProfile;
+}
+
+// What the modules loaded so far declared; read by bin/build-schemas.ts.
+const declared: DeclaredSchema[] = [];
+
+export function declaredSchemas(): readonly DeclaredSchema[] {
+  return declared;
+}
+
+/** Declares a schema; the returned function compiles it on its first call and then returns the same validator. */
+export function declareSchema(schema: AnySchema, profile: SchemaProfile = 'firstError'): () => ValidateFunction {
+  declared.push({ schema, profile });
+  let compiled: ValidateFunction | undefined;
+  return () => (compiled ??= compileSchema(schema, profile));
+}
 
 /** `at` prefixes the paths in messages: a part validated on its own is named as in its document. */
 export type Validator<T> = (value: unknown, what?: string, at?: string) => T;
 
 export function compileValidator<T>(schema: AnySchema, code: ErrorCode = 'ERR_SCHEMA'): Validator<T> {
-  let compiled: ValidateFunction | undefined;
+  const compiled = declareSchema(schema);
   return (value: unknown, what = 'document', at = ''): T => {
-    compiled ??= ajv.compile(schema);
-    if (compiled(value)) return value as T;
-    const first = compiled.errors?.[0];
+    const validate = compiled();
+    if (validate(value)) return value as T;
+    const first = validate.errors?.[0];
     throw new TandemError(code, `Invalid ${what}: ${describe(first, at)}.`, {
       details: { path: at + (first?.instancePath ?? '') || '/', keyword: first?.keyword, params: first?.params },
     });

@@ -12,13 +12,28 @@
  * 4 KiB blocks switch at random between zero, copied and literal runs — the
  * adversarial case for the manifest (~150 operations per MiB).
  */
-import { open, rm, writeFile } from 'node:fs/promises';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createPayload } from '../../payloads/generate.ts';
 import { makeDevice, makeFleetKeys, makeImage, ProtocolServer } from '../agent/harness.ts';
 import { emit, fixtureImages, measure, REPO, round, tempDir, type FixtureImages } from './lib/bench-kit.ts';
 
 const AGENT = join(REPO, 'bin', 'tandem-agent.js');
+
+/**
+ * The agent runs as agent/tandem-agent.service runs it: the node flags of its
+ * ExecStart and its Environment= lines (NODE_OPTIONS, the malloc arena cap),
+ * read from the unit so the figures follow what is installed on a device.
+ */
+async function serviceLaunch(): Promise<{ nodeFlags: string[]; env: Record<string, string> }> {
+  const unit = await readFile(join(REPO, 'agent', 'tandem-agent.service'), 'utf8');
+  const exec = /^ExecStart=\S*node((?:\s+--\S+)*)\s/m.exec(unit);
+  if (!exec) throw new Error('agent/tandem-agent.service: no ExecStart running node');
+  const env: Record<string, string> = {};
+  for (const m of unit.matchAll(/^Environment=(\w+)=(.*)$/gm)) env[m[1]!] = m[2]!;
+  return { nodeFlags: exec[1]!.trim().split(/\s+/).filter(Boolean), env };
+}
+const service = await serviceLaunch();
 const sizes = (process.env.TANDEM_BENCH_AGENT_MIB ?? '512,2048').split(',').map(Number).filter((n) => n > 0);
 const kinds = (process.env.TANDEM_BENCH_AGENT_IMAGES ?? 'fixture,synthetic').split(',').filter((k) => k === 'fixture' || k === 'synthetic');
 const fixtures = kinds.includes('fixture') ? await fixtureImages() : undefined;
@@ -71,8 +86,7 @@ try {
       image: seed,
       overrides: { rebootCommand: null, download: { checkpointEveryBytes: 8 * 1024 * 1024 } },
     });
-    // The node flags of agent/tandem-agent.service (and of the bin/ launcher's shebang).
-    const ours = await measure(process.execPath, ['--max-semi-space-size=1', '--max-old-space-size=96', AGENT, 'check', '--config', dev.configPath, '--quiet']);
+    const ours = await measure(process.execPath, [...service.nodeFlags, AGENT, 'check', '--config', dev.configPath, '--quiet'], { env: service.env });
     if (ours.code !== 4) throw new Error(`tandem-agent check exited ${ours.code}`);
 
     const slot = join(work.path, `baseline-slot-${mib}.img`);

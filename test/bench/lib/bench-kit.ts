@@ -24,7 +24,7 @@ export interface Measured {
 }
 
 /** Runs a command under /usr/bin/time, returning wall time, peak RSS and stdout. */
-export function measure(cmd: string, args: string[], options: { timeoutMs?: number; stdoutTo?: string; cwd?: string } = {}): Promise<Measured> {
+export function measure(cmd: string, args: string[], options: { timeoutMs?: number; stdoutTo?: string; cwd?: string; env?: Record<string, string> } = {}): Promise<Measured> {
   return new Promise((resolvePromise, reject) => {
     const timeArgs = ['-f', '%e %M', '--', 'bash', '-c', 'exec "$@"' + (options.stdoutTo ? ' > "$TANDEM_BENCH_OUT"' : ''), 'bench', cmd, ...args];
     const child = spawn('/usr/bin/time', timeArgs, {
@@ -32,7 +32,7 @@ export function measure(cmd: string, args: string[], options: { timeoutMs?: numb
       // Own process group, so a timeout kills the measured command too, not just `time`.
       detached: true,
       cwd: options.cwd ?? REPO,
-      env: { ...process.env, ...(options.stdoutTo ? { TANDEM_BENCH_OUT: options.stdoutTo } : {}) },
+      env: { ...process.env, ...options.env, ...(options.stdoutTo ? { TANDEM_BENCH_OUT: options.stdoutTo } : {}) },
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
