@@ -9,7 +9,7 @@
 // never loads ajv: 9 MiB less RSS during an update (the server compiles at start as before).
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
@@ -45,6 +45,18 @@ async function precompiledSchemas(name) {
   };
 }
 
+/**
+ * zstd-codec's glue embeds its WebAssembly as base64: ship the glue without it
+ * and the module as a file beside the bundles (payloads/zstd.ts loads them).
+ */
+async function splitZstdCodec() {
+  const glue = await readFile(`${root}node_modules/zstd-codec/lib/zstd-codec-binding-wasm.js`, 'utf8');
+  const embedded = /wasmBinaryFile="data:application\/octet-stream;base64,([A-Za-z0-9+/=]+)"/.exec(glue);
+  if (!embedded) throw new Error('zstd-codec: no embedded WebAssembly found in its glue (package changed?)');
+  await writeFile(`${root}dist/zstd-codec.wasm`, Buffer.from(embedded[1], 'base64'));
+  await writeFile(`${root}dist/zstd-codec-binding.cjs`, glue.replace(embedded[0], 'wasmBinaryFile="zstd-codec.wasm"'));
+}
+
 await rm(`${root}dist`, { recursive: true, force: true });
 await mkdir(`${root}dist`, { recursive: true });
 for (const name of COMMANDS) {
@@ -55,4 +67,5 @@ for (const name of COMMANDS) {
   const inputs = Object.keys(result.metafile.inputs).filter((f) => !f.startsWith('dist/')).sort();
   await writeFile(`${root}dist/${name}.inputs.json`, `${JSON.stringify({ builtAtMs, inputs }, null, 1)}\n`);
 }
+await splitZstdCodec();
 console.log(`built ${COMMANDS.map((n) => `dist/${n}.mjs`).join(', ')}`);
