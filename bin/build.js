@@ -8,6 +8,7 @@
 // (bin/build-schemas.ts) in place of shared/schema-compiler.ts, so a device
 // never loads ajv: 9 MiB less RSS during an update (the server compiles at start as before).
 import { build } from 'esbuild';
+import { Buffer } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
