@@ -4,7 +4,7 @@
  * device or an admin; secrets are 256 random bits, so a plain hash (no salt,
  * no stretching) is enough, and lookups by hash are indexed.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import type { Context } from 'koa';
 import { TandemError } from '../../shared/errors.ts';
 import type { AdminToken, Device, Role, Store } from '../store/store.ts';
@@ -16,8 +16,9 @@ export function newSecret(kind: SecretKind): string {
   return `${PREFIX[kind]}${randomBytes(32).toString('base64url')}`;
 }
 
+/** Every device call hashes its credential: the one-shot hash, without a Hash object per call. */
 export function hashSecret(secret: string): string {
-  return createHash('sha256').update(secret, 'utf8').digest('hex');
+  return hash('sha256', secret, 'hex');
 }
 
 function bearer(ctx: Context): string {

@@ -9,23 +9,41 @@ import { TandemError } from '../../shared/errors.ts';
 import { parseSafeJson } from '../../shared/safe-json.ts';
 import type { Validator } from '../../shared/schema-validator.ts';
 
+/**
+ * The body's bytes, read with 'data' and 'end' listeners: `for await` over the request (an async
+ * iterator and end-of-stream tracking per request) cost about as much as parsing and validating a
+ * check-in's body.
+ */
 export async function readRawBody(ctx: Context, maxBytes: number): Promise<Buffer> {
   const declared = ctx.request.length;
   if (declared !== undefined && declared > maxBytes) {
     throw tooLarge(declared, maxBytes);
   }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > maxBytes) {
-      // Stop reading; the connection is closed after the error response so the rest is never buffered.
-      ctx.set('Connection', 'close');
-      throw tooLarge(size, maxBytes);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size);
+  const req = ctx.req;
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const settle = (err: unknown, body?: Buffer): void => {
+      req.off('data', onData).off('end', onEnd).off('error', settle).off('close', onClose);
+      if (body === undefined) reject(err);
+      else resolve(body);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        // Stop reading; the connection is closed after the error response so the rest is never buffered.
+        req.pause();
+        ctx.set('Connection', 'close');
+        settle(tooLarge(size, maxBytes));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => settle(undefined, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    // Closed before its end: the client hung up mid-body (the error handler's "cut off").
+    const onClose = (): void => settle(Object.assign(new Error('The request was closed before its end.'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    req.on('data', onData).on('end', onEnd).on('error', settle).on('close', onClose);
+  });
 }
 
 function tooLarge(size: number, limit: number): TandemError {

@@ -103,8 +103,10 @@ async function answerCheck(sc: ServerContext, device: Device, req: CheckRequest,
     deviceId: device.id, board: device.board, version: req.version, failed, pinnedVersion: device.pinnedVersion,
     deltaFailed: req.deltaFailed === true, candidates,
   });
+  // Formatted once: Date#toISOString is among the dearer calls of a check-in.
+  const at = now.toISOString();
   await sc.store.recordCheck({
-    deviceId: device.id, version: req.version, slot: req.slot, channel: req.channel, at: now.toISOString(),
+    deviceId: device.id, version: req.version, slot: req.slot, channel: req.channel, at,
     changed: device.version !== req.version || device.slot !== req.slot || device.channel !== req.channel,
     offeredReleaseId: decision.kind === 'update' ? decision.candidate.release.id : null,
     failedVersions: req.failedVersions.filter((v) => !known.has(v)),
@@ -114,7 +116,7 @@ async function answerCheck(sc: ServerContext, device: Device, req: CheckRequest,
   const signed = await signCheckResponse(sc, {
     deviceId: device.id,
     nonce: req.nonce,
-    issuedAt: now.toISOString(),
+    issuedAt: at,
     expires: new Date(now.getTime() + sc.config.responseTtlSeconds * 1000).toISOString(),
     pollAfterSeconds: jitteredPoll(sc.config.pollIntervalSeconds, sc.config.pollJitter),
   }, offer);
@@ -153,7 +155,7 @@ export async function recordEvents(sc: ServerContext, device: Device, claimedId:
 /** Re-evaluates a release's failure rate after a new outcome; halts it with the reason when over the threshold. */
 export async function haltIfFailing(sc: ServerContext, releaseId: string): Promise<boolean> {
   const rollout = await sc.store.getRollout(releaseId);
-  // Counting outcomes scans the release's events: not for a rollout that is halted or paused already.
+  // A rollout that is halted or paused already is left alone.
   if (!rollout || !canHalt(rollout)) return false;
   const decision = shouldHalt(await sc.store.outcomeCounts(releaseId), rollout);
   if (!decision.halt) return false;

@@ -57,4 +57,22 @@ export const MIGRATIONS: readonly Migration[] = [
         message TEXT, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)`,
     ],
   },
+  {
+    version: 2,
+    name: 'release outcome counts',
+    // The halt rule's attempts and failures per release (rollout/should-halt.ts), kept up to date by insertEvents
+    // instead of counted from the events on each outcome; backfilled here by the same rule, per device then per release.
+    sql: [
+      `CREATE TABLE release_outcomes (release_id TEXT PRIMARY KEY, attempts BIGINT NOT NULL, failures BIGINT NOT NULL)`,
+      `INSERT INTO release_outcomes (release_id, attempts, failures)
+        SELECT release_id, COUNT(*), SUM(CASE WHEN has_rolled_back = 1 OR (has_error = 1 AND has_committed = 0) THEN 1 ELSE 0 END)
+        FROM (SELECT release_id, device_id,
+            MAX(CASE WHEN type = 'committed' THEN 1 ELSE 0 END) AS has_committed,
+            MAX(CASE WHEN type = 'rolledBack' THEN 1 ELSE 0 END) AS has_rolled_back,
+            MAX(CASE WHEN type = 'error' THEN 1 ELSE 0 END) AS has_error
+          FROM events WHERE release_id IS NOT NULL AND type IN ('committed', 'rolledBack', 'error')
+          GROUP BY release_id, device_id) AS device_outcomes
+        GROUP BY release_id`,
+    ],
+  },
 ];

@@ -27,6 +27,7 @@
  */
 import Database from 'better-sqlite3';
 import { TandemError } from '../../shared/errors.ts';
+import { NO_OUTCOMES, OUTCOME_TYPES, outcomeDelta, type DeviceOutcomes, type OutcomeType } from '../rollout/should-halt.ts';
 import { CandidateCache } from './candidate-cache.ts';
 import { MIGRATIONS } from './migrations.ts';
 import type {
@@ -69,11 +70,16 @@ function enrollmentTokenOf(r: Row): EnrollmentToken {
   };
 }
 
-function deviceOf(r: Row): Device {
+// Devices are read as arrays of these columns (better-sqlite3's raw mode), not as row objects: making an object
+// of twelve named columns cost as much as the lookup itself, and the check-in path reads a device on every call.
+const DEVICE_COLUMNS = 'id, product, board, channel, credential_hash, enrolled_at, enrollment_token_id, last_seen_at, version, slot, pinned_version, check_count';
+
+function deviceOf(r: unknown[]): Device {
+  const [id, product, board, channel, credentialHash, enrolledAt, enrollmentTokenId, lastSeenAt, version, slot, pinnedVersion, checkCount] = r;
   return {
-    id: str(r.id), product: str(r.product), board: str(r.board), channel: str(r.channel), credentialHash: str(r.credential_hash),
-    enrolledAt: str(r.enrolled_at), enrollmentTokenId: str(r.enrollment_token_id), lastSeenAt: strOrNull(r.last_seen_at),
-    version: strOrNull(r.version), slot: strOrNull(r.slot), pinnedVersion: strOrNull(r.pinned_version), checkCount: num(r.check_count),
+    id: str(id), product: str(product), board: str(board), channel: str(channel), credentialHash: str(credentialHash),
+    enrolledAt: str(enrolledAt), enrollmentTokenId: str(enrollmentTokenId), lastSeenAt: strOrNull(lastSeenAt),
+    version: strOrNull(version), slot: strOrNull(slot), pinnedVersion: strOrNull(pinnedVersion), checkCount: num(checkCount),
   };
 }
 
@@ -127,7 +133,6 @@ function jobOf(r: Row): Job {
  * delta → full fallback the next check-in asks for.
  */
 const BARRING_TYPES = new Set(['rolledBack']);
-const OUTCOME_TYPES = new Set(['error', 'rolledBack', 'committed']);
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite';
@@ -238,6 +243,11 @@ export class SqliteStore implements Store {
     return s;
   }
 
+  /** A query of DEVICE_COLUMNS, whose rows deviceOf reads. */
+  private devices(sql: string): Database.Statement {
+    return this.st(sql).raw(true);
+  }
+
   async close(): Promise<void> {
     if (!this.db.open) return;
     this.flushChecks();
@@ -305,7 +315,7 @@ export class SqliteStore implements Store {
   }
 
   async findDeviceByCredentialHash(hash: string): Promise<Device | undefined> {
-    const r = this.st('SELECT * FROM devices WHERE credential_hash = ?').get(hash) as Row | undefined;
+    const r = this.devices(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE credential_hash = ?`).get(hash) as unknown[] | undefined;
     if (r === undefined) return undefined;
     const device = deviceOf(r);
     // The check-in path reads the device as the pending record left it, without waiting for the write.
@@ -317,7 +327,7 @@ export class SqliteStore implements Store {
 
   async getDevice(id: string): Promise<Device | undefined> {
     this.flushChecks();
-    const r = this.st('SELECT * FROM devices WHERE id = ?').get(id) as Row | undefined;
+    const r = this.devices(`SELECT ${DEVICE_COLUMNS} FROM devices WHERE id = ?`).get(id) as unknown[] | undefined;
     return r && deviceOf(r);
   }
 
@@ -329,8 +339,8 @@ export class SqliteStore implements Store {
     if (f.product !== undefined) { where.push('product = ?'); args.push(f.product); }
     if (f.version !== undefined) { where.push('version = ?'); args.push(f.version); }
     if (f.after !== undefined) { where.push('id > ?'); args.push(f.after); }
-    const sql = `SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id LIMIT ?`;
-    return (this.st(sql).all(...args, f.limit) as Row[]).map(deviceOf);
+    const sql = `SELECT ${DEVICE_COLUMNS} FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id LIMIT ?`;
+    return (this.devices(sql).all(...args, f.limit) as unknown[][]).map(deviceOf);
   }
 
   async deleteDevice(id: string): Promise<boolean> {
@@ -514,6 +524,9 @@ export class SqliteStore implements Store {
           duplicates++;
           continue;
         }
+        const isOutcome = OUTCOME_TYPES.has(e.type) && e.releaseId !== null;
+        // Before the insert: the delta depends on the outcomes the device reported until now.
+        if (isOutcome) this.countOutcome(e.releaseId!, deviceId, e.type as OutcomeType);
         this.st(`INSERT INTO events (device_id, id, type, version, channel, at, code, message, payload_kind, progress_done, progress_total, release_id, received_at)
           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
           .run(deviceId, e.id, e.type, e.version, e.channel, e.at, e.code, e.message, e.payloadKind, e.progressDone, e.progressTotal, e.releaseId, e.receivedAt);
@@ -523,7 +536,7 @@ export class SqliteStore implements Store {
           this.st("INSERT INTO device_failures (device_id, version, first_at, source, code) VALUES (?, ?, ?, 'event', ?) ON CONFLICT DO NOTHING")
             .run(deviceId, e.version, e.receivedAt, e.code);
         }
-        if (OUTCOME_TYPES.has(e.type) && e.releaseId !== null) outcomes.add(e.releaseId);
+        if (isOutcome) outcomes.add(e.releaseId!);
       }
       return { accepted, duplicates, outcomeReleases: [...outcomes], inserted };
     });
@@ -547,7 +560,7 @@ export class SqliteStore implements Store {
         case 'error': stats.errors = n; break;
       }
     }
-    Object.assign(stats, this.countOutcomes(releaseId));
+    Object.assign(stats, this.readOutcomeCounts(releaseId));
     const codes = this.st(`SELECT COALESCE(code, 'ERR_UNKNOWN') AS code, COUNT(DISTINCT device_id) AS n FROM events
       WHERE release_id = ? AND type IN ('rolledBack', 'error') GROUP BY COALESCE(code, 'ERR_UNKNOWN')`).all(releaseId) as Row[];
     for (const r of codes) stats.errorsByCode[str(r.code)] = num(r.n);
@@ -556,15 +569,31 @@ export class SqliteStore implements Store {
 
   async outcomeCounts(releaseId: string): Promise<Pick<ReleaseStats, 'attempts' | 'failures'>> {
     // Outcomes are events, written at once (insertEvents): no pending check record bears on them.
-    return this.countOutcomes(releaseId);
+    return this.readOutcomeCounts(releaseId);
   }
 
-  private countOutcomes(releaseId: string): Pick<ReleaseStats, 'attempts' | 'failures'> {
-    const attempts = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events WHERE release_id = ? AND type IN ('committed', 'rolledBack', 'error')`).get(releaseId) as Row).n);
-    // A device whose attempt failed but which then committed (e.g. delta refused, full installed) is a success.
-    const failures = num((this.st(`SELECT COUNT(DISTINCT device_id) AS n FROM events e WHERE release_id = ? AND (type = 'rolledBack'
-      OR (type = 'error' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.release_id = e.release_id AND c.device_id = e.device_id AND c.type = 'committed')))`).get(releaseId) as Row).n);
-    return { attempts, failures };
+  private readOutcomeCounts(releaseId: string): Pick<ReleaseStats, 'attempts' | 'failures'> {
+    const r = this.st('SELECT attempts, failures FROM release_outcomes WHERE release_id = ?').get(releaseId) as Row | undefined;
+    return r === undefined ? { attempts: 0, failures: 0 } : { attempts: num(r.attempts), failures: num(r.failures) };
+  }
+
+  /**
+   * Adds one outcome event, not yet inserted, to its release's counts (migration 2 backfilled them from the
+   * events before it). What the device reported before comes from its own events of the release: at most
+   * three index lookups (events_release), however many events the release has. Read then written in the
+   * caller's transaction, which SQLite runs alone; a store on a shared database must keep two transactions
+   * of one device from reading the same "before".
+   */
+  private countOutcome(releaseId: string, deviceId: string, type: OutcomeType): void {
+    const before: DeviceOutcomes = { ...NO_OUTCOMES };
+    const reported = this.st(`SELECT DISTINCT type FROM events WHERE release_id = ? AND device_id = ? AND type IN ('committed', 'rolledBack', 'error')`)
+      .all(releaseId, deviceId) as Row[];
+    for (const r of reported) before[str(r.type) as OutcomeType] = true;
+    const delta = outcomeDelta(before, type);
+    if (delta.attempts === 0 && delta.failures === 0) return;
+    this.st(`INSERT INTO release_outcomes (release_id, attempts, failures) VALUES (?, ?, ?) ON CONFLICT (release_id)
+      DO UPDATE SET attempts = release_outcomes.attempts + excluded.attempts, failures = release_outcomes.failures + excluded.failures`)
+      .run(releaseId, delta.attempts, delta.failures);
   }
 
   async deviceEvents(deviceId: string, limit: number): Promise<StoredEvent[]> {

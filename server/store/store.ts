@@ -114,7 +114,7 @@ export interface ReleaseStats {
   errors: number;
   /** Devices with a terminal outcome: committed, rolled back or errored. */
   attempts: number;
-  /** Devices that reported an error or a rollback of this release. */
+  /** Devices that rolled this release back, or reported an error and no commit of it (rollout/should-halt.ts). */
   failures: number;
   errorsByCode: Record<string, number>;
 }
@@ -182,7 +182,7 @@ export interface CheckRecord {
 export interface EventInsertResult {
   accepted: number;
   duplicates: number;
-  /** Release ids that got a new outcome (committed, error, rolledBack): the caller re-evaluates their halt condition. */
+  /** Release ids that got a new outcome (committed, error, rolledBack), counted in their attempts and failures: the caller re-evaluates their halt condition. */
   outcomeReleases: string[];
   /** The events that were new (not retries of ones already stored): what metrics count. */
   inserted: StoredEvent[];
@@ -241,7 +241,7 @@ export interface Store {
 
   insertEvents(deviceId: string, events: StoredEvent[]): Promise<EventInsertResult>;
   releaseStats(releaseId: string): Promise<ReleaseStats>;
-  /** Just what the halt rule needs (ReleaseStats.attempts and .failures), in two queries instead of six. */
+  /** Just what the halt rule needs (ReleaseStats.attempts and .failures): counts kept per release as events are inserted, so one read. */
   outcomeCounts(releaseId: string): Promise<Pick<ReleaseStats, 'attempts' | 'failures'>>;
   deviceEvents(deviceId: string, limit: number): Promise<StoredEvent[]>;
 

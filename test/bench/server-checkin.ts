@@ -24,6 +24,9 @@
  * Both report the generator's and the server's CPU use (a generator near 1.0
  * means it, not the server, set the pace).
  *
+ * The update server runs from an esbuild bundle, as `npm start` runs it (`serverBuild`; lib/bench-target.ts
+ * says why; TANDEM_FROM_SOURCE=1 runs it from source under tsx).
+ *
  * Run: node --import tsx test/bench/server-checkin.ts [devices=1000] [seconds=4] [inFlight=32] [rounds=3]
  * With TANDEM_BENCH_PROFILE=DIR, the update server writes a CPU profile of its last closed-loop round there.
  */
@@ -65,6 +68,7 @@ try {
   const loader = BenchChild.start('load-generator', join(LIB, 'load-generator.ts'));
   children.push(tandem, bare, loader);
   const [tandemUrl, bareUrl] = await Promise.all([tandem.ready, bare.ready, loader.ready].map(async (r) => String((await r).url)));
+  const serverBuild = (await tandem.ready).build;
   const plan = (url: string, path: string): LoadPlan => ({ mode: 'checkin', url, path, devices: DEVICES, version: '0.9.0', inFlight: IN_FLIGHT, warmupMs: 1000, durationMs: SECONDS * 1000 });
 
   const runs = { tandem: [] as Measured[], bare: [] as Measured[] };
@@ -81,6 +85,7 @@ try {
     model: `closed loop, ${IN_FLIGHT} requests in flight`,
     inFlight: IN_FLIGHT,
     baseline: 'bare koa route, constant JSON body, same requests',
+    serverBuild,
     rps: Math.round(ours.load.rps),
     baselineRps: Math.round(base.load.rps),
     ratio: round(ours.load.rps / base.load.rps),

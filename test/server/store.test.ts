@@ -2,15 +2,17 @@
  * What the SQLite store does for the check-in path's speed, and must not
  * change in behaviour: cached candidates that follow every write, check
  * records committed once per event-loop turn but visible at once and never
- * left behind another write or a close, and one process per database.
+ * left behind another write or a close, one process per database, and the
+ * halt rule's running outcome counts, equal to a recount from the events.
  */
 import anyTest, { type TestFn } from 'ava';
+import Database from 'better-sqlite3';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isTandemError } from '../../shared/errors.ts';
 import { SqliteStore } from '../../server/store/sqlite-store.ts';
-import type { Device, PayloadRecord, Release, Rollout } from '../../server/store/store.ts';
+import type { Device, PayloadRecord, Release, Rollout, StoredEvent } from '../../server/store/store.ts';
 import { removeDir } from './helpers.ts';
 
 const test = anyTest as TestFn<{ dir: string }>;
@@ -117,4 +119,91 @@ test('a second store on the same file is refused while the first is open', async
   const after = new SqliteStore(path, { lockTimeoutMs: 50 });
   t.is(await after.countDevices(), 1);
   await after.close();
+});
+
+/** The halt rule's counts recomputed from the raw events, independently of the store: per device, then per release. */
+function recount(store: SqliteStore): Map<string, { attempts: number; failures: number }> {
+  const rows = store.db.prepare('SELECT release_id AS releaseId, device_id AS deviceId, type FROM events WHERE release_id IS NOT NULL').all() as { releaseId: string; deviceId: string; type: string }[];
+  const perDevice = new Map<string, { releaseId: string; types: Set<string> }>();
+  for (const r of rows) {
+    const key = `${r.releaseId}\n${r.deviceId}`;
+    const entry = perDevice.get(key) ?? { releaseId: r.releaseId, types: new Set<string>() };
+    entry.types.add(r.type);
+    perDevice.set(key, entry);
+  }
+  const counts = new Map<string, { attempts: number; failures: number }>();
+  for (const { releaseId, types } of perDevice.values()) {
+    if (!types.has('committed') && !types.has('rolledBack') && !types.has('error')) continue;
+    const c = counts.get(releaseId) ?? { attempts: 0, failures: 0 };
+    c.attempts++;
+    // A rollback is a failure; an error is one unless the device also committed the release.
+    if (types.has('rolledBack') || (types.has('error') && !types.has('committed'))) c.failures++;
+    counts.set(releaseId, c);
+  }
+  return counts;
+}
+
+test('outcome counts follow every event insert, equal a recount from the events, survive a restart, and are backfilled by the migration', async (t) => {
+  const path = join(t.context.dir, 'db');
+  let { store } = await seeded(path);
+  const releases = ['1.0.0', '1.1.0', '1.2.0'].map(release);
+  for (const r of releases) await store.createRelease(r.release, r.rollout);
+  const releaseIds = releases.map((r) => r.release.id);
+  // Deterministic pseudo-random sequence (mulberry32), so a failure reproduces.
+  let seed = 0x7a4d3;
+  const random = (): number => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
+  };
+  const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
+  const types = ['downloading', 'installed', 'rebooting', 'committed', 'rolledBack', 'error', 'error', 'committed'] as const;
+  const sent: StoredEvent[] = [];
+  const expectRecount = async (s: SqliteStore, why: string): Promise<void> => {
+    const expected = recount(s);
+    for (const id of [...releaseIds, 'rel-unknown']) {
+      const want = expected.get(id) ?? { attempts: 0, failures: 0 };
+      t.deepEqual(await s.outcomeCounts(id), want, `${why}: ${id}`);
+      t.like(await s.releaseStats(id), want, `${why}: stats of ${id}`);
+    }
+  };
+
+  for (let batch = 0; batch < 150; batch++) {
+    const deviceId = `dev-${Math.floor(random() * 25)}`;
+    const events: StoredEvent[] = [];
+    for (let i = 1 + Math.floor(random() * 4); i > 0; i--) {
+      // Now and then a retry of an event already stored (acknowledged, not counted again), or one of no known release.
+      const retry = sent.length > 0 && random() < 0.1 ? pick(sent) : undefined;
+      if (retry && retry.deviceId === deviceId && !events.some((e) => e.id === retry.id)) {
+        events.push(retry);
+        continue;
+      }
+      const releaseId = random() < 0.05 ? null : pick(releaseIds);
+      events.push({
+        deviceId, id: `e-${batch}-${i}`, type: pick(types), version: '1.0.0', channel: 'stable', at: now, code: null, message: null,
+        payloadKind: null, progressDone: null, progressTotal: null, releaseId, receivedAt: now,
+      });
+    }
+    await store.insertEvents(deviceId, events);
+    sent.push(...events);
+    if (batch % 10 === 9) await expectRecount(store, `after batch ${batch}`);
+  }
+  const final = recount(store);
+  t.true([...final.values()].some((c) => c.failures > 0 && c.failures < c.attempts), 'the sequence mixes successes and failures');
+  t.true(sent.some((e) => e.type === 'error') && sent.some((e) => e.type === 'committed'));
+
+  await store.close();
+  store = new SqliteStore(path);
+  await expectRecount(store, 'after a restart');
+
+  // A database from before the counts existed (schema 1): the migration backfills them from the events.
+  await store.close();
+  const raw = new Database(path);
+  raw.exec('DROP TABLE release_outcomes; DELETE FROM schema_migrations WHERE version = 2');
+  raw.close();
+  store = new SqliteStore(path);
+  t.teardown(() => store.close());
+  t.is(store.schemaVersion(), 2);
+  await expectRecount(store, 'after the migration');
 });

@@ -1,6 +1,13 @@
 /**
  * Child process: one HTTP server under test on 127.0.0.1:0, chosen by argv[2]:
- * - `tandem <dataDir>`: the update server (startServer) on a prepared data dir;
+ * - `tandem <dataDir>`: the update server (startServer) on a prepared data dir,
+ *   run as users run it: `npm start` runs an esbuild bundle (bin/build.js),
+ *   not the sources under tsx, whose esbuild transform keeps function names
+ *   with a `__name(fn, "…")` call at every named closure it creates, about
+ *   1 % of a check-in's CPU in a profile. So the child bundles server/index.ts
+ *   with bin/build.js's options and imports startServer from the bundle;
+ *   TANDEM_FROM_SOURCE=1 (as for bin/launch.js) runs the sources instead.
+ *   The `ready` reply says which (`build`);
  * - `bare-koa`: a koa app whose only middleware returns a constant JSON body
  *   (the check-in baseline: what koa and node:http cost with no work at all);
  * - `static <file> [readBytes]`: node:http + fs.createReadStream serving one
@@ -12,15 +19,19 @@
  * there (only the measured window, not start-up, is in it).
  */
 import { createReadStream, readFileSync, statSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import { build } from 'esbuild';
 import Koa from 'koa';
 import { pino } from 'pino';
-import { startServer } from '../../../server/index.ts';
+import type * as ServerSource from '../../../server/index.ts';
 import { serveParent } from './bench-child.ts';
+import { REPO } from './bench-kit.ts';
 
 export interface TargetStats {
   rssBytes: number;
@@ -92,11 +103,33 @@ function staticFile(file: string, readBytes: number | undefined): Server {
   });
 }
 
+type ServerModule = typeof ServerSource;
+
+/** server/index.ts as bin/build.js bundles the commands; under node_modules, so the bundle finds the packages it leaves external. */
+async function loadServer(): Promise<{ build: 'bundle' | 'source'; server: ServerModule }> {
+  if (process.env.TANDEM_FROM_SOURCE === '1') return { build: 'source', server: await import('../../../server/index.ts') };
+  const dir = join(REPO, 'node_modules', '.cache', 'tandem-bench');
+  await mkdir(dir, { recursive: true });
+  const outfile = join(dir, `server-${process.pid}.mjs`);
+  await build({
+    absWorkingDir: REPO, entryPoints: ['server/index.ts'], outfile,
+    bundle: true, platform: 'node', format: 'esm', target: 'node20.18', packages: 'external', logLevel: 'warning',
+  });
+  try {
+    return { build: 'bundle', server: (await import(pathToFileURL(outfile).href)) as ServerModule };
+  } finally {
+    await rm(outfile, { force: true });
+  }
+}
+
 const [kind, arg, arg2] = process.argv.slice(2);
 let url: string;
 let close: () => Promise<void>;
+let serverBuild: 'bundle' | 'source' | undefined;
 if (kind === 'tandem') {
-  const running = await startServer({ listen: '127.0.0.1:0', dataDir: arg!, logger: pino({ level: 'warn' }) });
+  const { build: how, server } = await loadServer();
+  serverBuild = how;
+  const running = await server.startServer({ listen: '127.0.0.1:0', dataDir: arg!, logger: pino({ level: 'warn' }) });
   url = running.url;
   close = () => running.close();
 } else if (kind === 'bare-koa' || kind === 'static') {
@@ -128,7 +161,7 @@ async function profile(path: unknown): Promise<void> {
   await writeFile(path, JSON.stringify(result));
 }
 
-serveParent({ url }, async (m) => {
+serveParent({ url, ...(serverBuild === undefined ? {} : { build: serverBuild }) }, async (m) => {
   switch (m.type) {
     case 'profile':
       await profile(m.path);
