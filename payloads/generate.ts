@@ -131,20 +131,32 @@ async function indexSource(fh: FileHandle, size: number, options: CreatePayloadO
 
 type LiteralOperation = LiteralOp;
 
-/** Raw bytes gathered before a blob is sealed; adapts to the compression ratio seen so far. */
-const FIRST_BLOB_RAW = 32 * 1024 * 1024;
+/**
+ * How big a blob gets and how far back its frame may refer: what the device
+ * holds while it applies the payload (the compressed blob, checked before it
+ * is decoded, and the decoder's window). Measured on the literal data of the
+ * fixture image at level 19: 4 MiB windows and ~3.5 MiB blobs are 3.7 %
+ * bigger than 8 MiB windows and ~7 MiB blobs, and leave the agent 8 MiB less
+ * RSS during a full update (test/bench/agent-update.ts). A full payload takes
+ * the small ones: it is the fallback, sent when no delta fits, and the device's
+ * memory is the hard limit. A delta's literal data is a few MiB in all and its
+ * size is what a delta is for, so it keeps the format's limits.
+ */
+interface BlobLimits {
+  windowLog: number;
+  /** Compressed bytes to aim for; the raw bytes gathered adapt to the ratio seen. */
+  target: number;
+  /** A blob that comes out bigger is split and encoded again. */
+  max: number;
+}
+
+const FULL_BLOBS: BlobLimits = { windowLog: 22, target: 3.5 * 1024 * 1024, max: 4 * 1024 * 1024 };
+const DELTA_BLOBS: BlobLimits = { windowLog: MAX_WINDOW_LOG, target: 7 * 1024 * 1024, max: MAX_BLOB_SIZE };
+/** Raw bytes per compressed byte assumed before the first blob is encoded (filesystem images at level 19). */
+const ASSUMED_RATIO = 4.5;
 const MIN_BLOB_RAW = 4 * 1024 * 1024;
 const MAX_BLOB_RAW = 64 * 1024 * 1024;
-/** Aim below the 8 MiB cap so a blob rarely has to be split and encoded again. */
-const BLOB_TARGET = 7 * 1024 * 1024;
 
-/**
- * Encodes literal operations into blobs with bounded concurrency and appends
- * them to the data file in order. A blob is one zstd frame over many
- * operations (measured on the fixture pair: one frame over the whole literal
- * stream is 6 % smaller than 8 MiB frames); when a frame comes out above the
- * 8 MiB cap, its operations are split in two and encoded again.
- */
 class BlobWriter {
   readonly blobs: Blob[] = [];
   private inFlight: Promise<void>[] = [];
@@ -157,20 +169,20 @@ class BlobWriter {
     private readonly encoder: Encoder,
     private readonly data: FileHandle,
     private readonly concurrency: number,
+    private readonly limits: BlobLimits,
   ) {}
 
   /** How many raw bytes the next blob should gather. */
   get rawTarget(): number {
-    if (this.ratio === 0) return FIRST_BLOB_RAW;
-    return Math.max(MIN_BLOB_RAW, Math.min(MAX_BLOB_RAW, Math.floor(BLOB_TARGET * this.ratio)));
+    return Math.max(MIN_BLOB_RAW, Math.min(MAX_BLOB_RAW, Math.floor(this.limits.target * (this.ratio || ASSUMED_RATIO))));
   }
 
   private async encodeFitting(ops: LiteralOperation[], dict?: Buffer): Promise<{ ops: LiteralOperation[]; bytes: Buffer; raw: number }[]> {
     const raw = Buffer.concat(ops.map((o) => o.bytes));
     const bytes = dict
       ? await this.encoder.encode(raw, { windowLog: MAX_DICT_WINDOW_LOG, dict })
-      : await this.encoder.encode(raw, { windowLog: MAX_WINDOW_LOG });
-    if (bytes.length <= MAX_BLOB_SIZE || ops.length === 1) return [{ ops, bytes, raw: raw.length }];
+      : await this.encoder.encode(raw, { windowLog: this.limits.windowLog });
+    if (bytes.length <= this.limits.max || ops.length === 1) return [{ ops, bytes, raw: raw.length }];
     const half = ops.length >> 1;
     const [a, b] = await Promise.all([this.encodeFitting(ops.slice(0, half)), this.encodeFitting(ops.slice(half))]);
     return [...a, ...b];
@@ -230,7 +242,7 @@ export async function createPayload(options: CreatePayloadOptions): Promise<Payl
       sourceRef = { version: options.source.version, size, sha256: indexed.sha256 };
     }
 
-    const blobs = new BlobWriter(encoder, data, Math.max(1, options.concurrency ?? 2));
+    const blobs = new BlobWriter(encoder, data, Math.max(1, options.concurrency ?? 2), options.source ? DELTA_BLOBS : FULL_BLOBS);
     const operations: Operation[] = [];
     const stats: PayloadStats = { zeroBytes: 0, sourceCopyBytes: 0, targetCopyBytes: 0, literalBytes: 0, patchBytes: 0, compressedBytes: 0, operations: 0, blobs: 0, manifestBytes: 0, manifestJsonBytes: 0 };
     const targetIndex = new BlockIndex(Math.ceil(targetSize / BLOCK_SIZE));
