@@ -27,10 +27,12 @@ const path = (name: string) => join(dir, name);
 test.before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'tandem-apply-contract-'));
   const rng = new Prng(SEED);
-  oldImage = randomImage(rng, 900 * 1024);
-  // Random edits may shift everything off the block grid; the leading source blocks guarantee the
-  // delta reads the source (SOURCE_COPY), which the per-operation source hash test needs.
-  newImage = Buffer.concat([oldImage.subarray(0, 64 * 1024), editImage(rng, oldImage, 6, 1024 * 1024).image]);
+  // Random edits may shift everything off the block grid; 64 KiB of random bytes leading both images
+  // (never zero, never repeated, unlike randomImage's runs) guarantee the delta reads the source
+  // (SOURCE_COPY), which the per-operation source hash test needs.
+  const lead = rng.bytes(64 * 1024);
+  oldImage = Buffer.concat([lead, randomImage(rng, 900 * 1024)]);
+  newImage = Buffer.concat([lead, editImage(rng, oldImage, 6, 1024 * 1024).image]);
   await writeFile(path('old.img'), oldImage);
   await writeFile(path('new.img'), newImage);
   const common = { image: path('new.img'), version: '2.0.0', board: 'test-board', signer: trust.release.privateKey, keyring: trust.keyring, level: 3 };

@@ -38,8 +38,8 @@ test.before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'tandem-resume-'));
   const rng = new Prng(SEED);
   const old = randomImage(rng, 700 * 1024);
-  // Alternating runs (literal, copied from the source, zero, repeated) give one operation per run, and
-  // literal runs share one blob: resumes land at the start, the middle and the end of a blob.
+  // Alternating runs (literal, copied from the source, zero, repeated), cut into operations of at most
+  // 8 KiB, and literal runs share one blob: resumes land at the start, the middle and the end of a blob.
   const parts: Buffer[] = [];
   // About 15 operations: each checkpoint costs an fdatasync, and every one is resumed from.
   for (let i = 0; i < 5; i++) {
@@ -52,7 +52,7 @@ test.before(async () => {
   await writeFile(join(dir, 'old.img'), old);
   await writeFile(join(dir, 'new.img'), image);
   await writeFile(join(dir, 'garbage.img'), rng.bytes(image.length + 5000));
-  const common = { image: join(dir, 'new.img'), version: '2.0.0', board: 'test-board', signer: trust.release.privateKey, keyring: trust.keyring, level: 3 };
+  const common = { image: join(dir, 'new.img'), version: '2.0.0', board: 'test-board', signer: trust.release.privateKey, keyring: trust.keyring, level: 3, maxOperationSize: 8192 };
   await createPayload({ ...common, source: { path: join(dir, 'old.img'), version: '1.0.0' }, out: join(dir, 'delta') });
   await createPayload({ ...common, out: join(dir, 'full') });
   fixtures.push({ name: 'delta', payload: join(dir, 'delta'), source: join(dir, 'old.img'), image, garbage: join(dir, 'garbage.img') });
