@@ -25,6 +25,28 @@ test.after.always(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Writes both images, makes the delta with the native encoder at level 19, and applies it into a slot: returns both. */
+async function deltaRoundTrip(name: string, old: Buffer, next: Buffer) {
+  const oldPath = join(dir, `${name}-old.img`);
+  const newPath = join(dir, `${name}-new.img`);
+  await writeFile(oldPath, old);
+  await writeFile(newPath, next);
+  const delta = await createPayload({
+    image: newPath,
+    source: { path: oldPath, version: '1.0.0' },
+    version: '1.1.0',
+    board: 'test-board',
+    signer: trust.release.privateKey,
+    keyring: trust.keyring,
+    out: join(dir, `${name}.tpl`),
+    level: 19,
+    encoder: 'native',
+  });
+  const target = join(dir, `${name}-slot.img`);
+  const applied = await applyPayload(createReadStream(join(dir, `${name}.tpl`)), { target, source: oldPath, trust: trust.trust });
+  return { delta, applied, slot: (await readFile(target)).subarray(0, next.length) };
+}
+
 /** Text-like blocks: like configuration files, unique per block so no block repeats. */
 function textImage(blocks: number, prng: Prng): Buffer {
   const words = ['listen', 'port', 'enable', 'service', 'appliance', 'network', 'timeout', 'health', 'check', 'interval', 'path', 'user'];
@@ -48,19 +70,7 @@ test('blocks edited in place become PATCH operations and apply byte-exact', asyn
     const block = 20 + i * 40;
     next.write(`edited-${i}-${prng.int(1000)}`, block * 4096 + 100 + prng.int(3000));
   }
-  await writeFile(join(dir, 'old.img'), old);
-  await writeFile(join(dir, 'new.img'), next);
-  const delta = await createPayload({
-    image: join(dir, 'new.img'),
-    source: { path: join(dir, 'old.img'), version: '1.0.0' },
-    version: '1.1.0',
-    board: 'test-board',
-    signer: trust.release.privateKey,
-    keyring: trust.keyring,
-    out: join(dir, 'delta.tpl'),
-    level: 19,
-    encoder: 'native',
-  });
+  const { delta, applied, slot } = await deltaRoundTrip('edited', old, next);
   // Runs of one kind merge into operations of up to 2 MiB: the edited blocks make one PATCH operation or a few.
   t.true(delta.stats.patchBytes >= 10 * 4096, `expected the edited blocks as PATCH, got ${delta.stats.patchBytes} bytes`);
   t.true(delta.manifest.operations.some((op) => op.op === 'PATCH'));
@@ -72,10 +82,8 @@ test('blocks edited in place become PATCH operations and apply byte-exact', asyn
   // Twelve edited 4 KiB blocks cost far less than their 48 KiB.
   t.true(delta.stats.compressedBytes < 12 * 1024, `compressed ${delta.stats.compressedBytes} bytes`);
 
-  const target = join(dir, 'slot.img');
-  const result = await applyPayload(createReadStream(join(dir, 'delta.tpl')), { target, source: join(dir, 'old.img'), trust: trust.trust });
-  t.is(result.manifest.target.size, next.length);
-  t.true((await readFile(target)).subarray(0, next.length).equals(next));
+  t.is(applied.manifest.target.size, next.length);
+  t.true(slot.equals(next));
 });
 
 /** Lines of random hex: every block unlike every other, as most of a real image is. */
@@ -100,25 +108,11 @@ test('a block edited in a file that moved is patched against its look-alike in t
     parts.push(chunk);
   }
   const next = Buffer.concat(parts);
-  await writeFile(join(dir, 'moved-old.img'), old);
-  await writeFile(join(dir, 'moved-new.img'), next);
-  const delta = await createPayload({
-    image: join(dir, 'moved-new.img'),
-    source: { path: join(dir, 'moved-old.img'), version: '1.0.0' },
-    version: '1.1.0',
-    board: 'test-board',
-    signer: trust.release.privateKey,
-    keyring: trust.keyring,
-    out: join(dir, 'moved.tpl'),
-    level: 19,
-    encoder: 'native',
-  });
+  const { delta, slot } = await deltaRoundTrip('moved', old, next);
   t.is(delta.stats.literalBytes, chunks * 4096);
   t.is(delta.stats.patchBytes, chunks * 4096, 'every edited block should be a PATCH');
   // Sixteen 4 KiB blocks of random hex (about 2.2 KB each compressed alone) cost a few hundred bytes.
   t.true(delta.stats.compressedBytes < 2048, `compressed ${delta.stats.compressedBytes} bytes`);
 
-  const target = join(dir, 'moved-slot.img');
-  await applyPayload(createReadStream(join(dir, 'moved.tpl')), { target, source: join(dir, 'moved-old.img'), trust: trust.trust });
-  t.true((await readFile(target)).subarray(0, next.length).equals(next));
+  t.true(slot.equals(next));
 });

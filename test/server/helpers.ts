@@ -44,13 +44,10 @@ export async function removeDir(dir: string): Promise<void> {
  * so it is kept for small values; this says where the first difference is.
  */
 export function sameBytes(t: ExecutionContext, actual: Uint8Array, expected: Uint8Array, what = 'bytes'): void {
-  if (Buffer.compare(actual, expected) === 0) {
-    t.pass();
-    return;
-  }
+  const equal = Buffer.compare(actual, expected) === 0;
   let i = 0;
-  while (i < actual.length && i < expected.length && actual[i] === expected[i]) i++;
-  t.fail(`${what}: ${actual.length} bytes, expected ${expected.length}; first difference at offset ${i}`);
+  while (!equal && i < actual.length && i < expected.length && actual[i] === expected[i]) i++;
+  t.true(equal, `${what}: ${actual.length} bytes, expected ${expected.length}; first difference at offset ${i}`);
 }
 
 /** A few MiB: pseudo-random regions (seeded, so two versions share most blocks) and zero regions. */
