@@ -29,6 +29,7 @@ import { downloadStep } from './steps/download.ts';
 import { finalizeStep } from './steps/finalize.ts';
 import { runHealthChecks } from './steps/health.ts';
 import { verifySlot } from './steps/verify.ts';
+import { isoTime } from '../shared/iso-time.ts';
 
 export interface AgentLogger {
   info(fields: Record<string, unknown>, message: string): void;
@@ -140,7 +141,7 @@ export class DeviceAgent {
         if (!isTandemError(err, 'ERR_STATE_CORRUPT') || options.readOnly) throw err;
         const aside = await store.quarantine(now);
         log.error({ code: err.code, message: err.message, movedTo: aside }, 'state file unreadable; moved aside, starting from a blank state');
-        state = { ...initialState(), lastError: { code: err.code, message: `${err.message} It was moved to ${aside}.`, at: now.toISOString() } };
+        state = { ...initialState(), lastError: { code: err.code, message: `${err.message} It was moved to ${aside}.`, at: isoTime(now) } };
         await store.save(state);
       }
       if (facts.bootEnvUnreadable && !options.readOnly && state.phase === 'idle') {
@@ -150,7 +151,7 @@ export class DeviceAgent {
         await control.markBad(otherSlot(booted));
         await control.markGood(booted);
         boot = await control.read();
-        state = { ...state, lastError: { code: facts.bootEnvUnreadable.code, message: facts.bootEnvUnreadable.message, at: now.toISOString() } };
+        state = { ...state, lastError: { code: facts.bootEnvUnreadable.code, message: facts.bootEnvUnreadable.message, at: isoTime(now) } };
         await store.save(state);
       }
       const credential = await store.loadCredential();
@@ -201,7 +202,7 @@ export class DeviceAgent {
   // ---- Persistence ----------------------------------------------------------
 
   private event(type: EventType, fields: Partial<DeviceEvent> & { version: string }): DeviceEvent {
-    return { id: randomUUID(), type, channel: this.config.channel, at: this.now().toISOString(), ...fields };
+    return { id: randomUUID(), type, channel: this.config.channel, at: isoTime(this.now()), ...fields };
   }
 
   /** Applies a state-machine event and saves it together with the device events it produced. */
@@ -483,7 +484,7 @@ export class DeviceAgent {
     }
     const started = Date.parse(update.healthStartedAt ?? this.iso());
     const deadline = started + this.config.health.deadlineSeconds * 1000;
-    this.log.info({ version: update.version, checks: this.config.health.checks.length, deadline: new Date(deadline).toISOString() }, 'health checks');
+    this.log.info({ version: update.version, checks: this.config.health.checks.length, deadline: isoTime(new Date(deadline)) }, 'health checks');
     const report = await this.healthChecks(deadline, signal);
     if (report.ok) return this.commit(update);
     const failing = report.failing!;
@@ -739,6 +740,6 @@ export class DeviceAgent {
   }
 
   private iso(): string {
-    return this.now().toISOString();
+    return isoTime(this.now());
   }
 }

@@ -12,6 +12,7 @@ import { isDurableWriteTemp, writeFileDurable } from '../shared/durable-write.ts
 import { TandemError } from '../shared/errors.ts';
 import { parseSafeJson } from '../shared/safe-json.ts';
 import { PHASES, initialState, type AgentState } from './state.ts';
+import { isoTime } from '../shared/iso-time.ts';
 
 export class StateStore {
   readonly statePath: string;
@@ -58,7 +59,7 @@ export class StateStore {
    * file written by rename.
    */
   async quarantine(now: Date): Promise<string> {
-    const aside = `${this.statePath}.corrupt-${now.toISOString().replace(/[:.]/g, '')}`;
+    const aside = `${this.statePath}.corrupt-${isoTime(now).replace(/[:.]/g, '')}`;
     await rename(this.statePath, aside);
     await this.dropPrelude();
     return aside;

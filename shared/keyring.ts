@@ -16,6 +16,7 @@ import {
   type KeyringSignature,
   type KeyringSigned,
 } from './schemas/keyring.ts';
+import { isoTime } from './iso-time.ts';
 
 export type { KeyringDocument, KeyringSigned, KeyringSignature } from './schemas/keyring.ts';
 
@@ -188,7 +189,7 @@ export function verifySignedBytes(
   const message = withDomain(checkDetachedDomain(domain), bytes);
   // The keyring may have been verified long ago; a stale release-key list must not keep signing.
   if (isExpired(keyring.expires, now)) {
-    throw new TandemError('ERR_KEYRING_EXPIRED', `The keyring expired at ${keyring.expires.toISOString()}.`);
+    throw new TandemError('ERR_KEYRING_EXPIRED', `The keyring expired at ${isoTime(keyring.expires)}.`);
   }
   if (signatures.length > MAX_SIGNATURES) {
     throw new TandemError('ERR_BAD_SIGNATURE', `At most ${MAX_SIGNATURES} signatures are checked; got ${signatures.length}.`);
@@ -201,7 +202,7 @@ export function verifySignedBytes(
     const key = (role === 'server' ? keyring.serverKeys : keyring.releaseKeys).get(keyId);
     if (key === undefined) fail('ERR_UNKNOWN_KEY', `Key ${keyId} is not a ${role} key in keyring version ${keyring.version}.`, keyId);
     else if (key.revoked) fail('ERR_KEY_REVOKED', `${role} key ${keyId} is revoked.`, keyId);
-    else if (isExpired(key.expires, now)) fail('ERR_KEY_EXPIRED', `${role} key ${keyId} expired at ${key.expires.toISOString()}.`, keyId);
+    else if (isExpired(key.expires, now)) fail('ERR_KEY_EXPIRED', `${role} key ${keyId} expired at ${isoTime(key.expires)}.`, keyId);
     else {
       const sig = decodeBase64Strict(signature, SIGNATURE_BYTES);
       if (sig !== undefined && verifySignature(key.publicKey, message, sig)) return { keyId };
@@ -291,7 +292,7 @@ function isExpired(expires: Date, now: Date): boolean {
 /** The schema fixes the shape; this refuses dates that only look valid (Feb 30, 24:00). */
 function parseTimestamp(text: string): Date {
   const date = new Date(text);
-  if (Number.isNaN(date.getTime()) || date.toISOString().slice(0, 19) !== text.slice(0, 19)) {
+  if (Number.isNaN(date.getTime()) || isoTime(date).slice(0, 19) !== text.slice(0, 19)) {
     throw invalid(`${JSON.stringify(text)} is not a real UTC time.`);
   }
   return date;
@@ -299,7 +300,7 @@ function parseTimestamp(text: string): Date {
 
 function isoOf(date: Date): string {
   if (Number.isNaN(date.getTime())) throw new TandemError('ERR_INVALID_ARGUMENT', 'Invalid date.');
-  return date.toISOString();
+  return isoTime(date);
 }
 
 function keyEntryOf(raw: Uint8Array): KeyringKey {

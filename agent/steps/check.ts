@@ -23,6 +23,7 @@ import { inspectFrame, type ZstdBinding } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
 import type { Slot } from '../boot-control/index.ts';
 import { checkInstallPolicy } from './apply.ts';
+import { isoTime } from '../../shared/iso-time.ts';
 
 export interface CheckInput {
   server: string;
@@ -122,7 +123,7 @@ function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number)
   const expires = Date.parse(body.expires);
   const issued = Date.parse(body.issuedAt);
   if (!(now.getTime() < expires)) {
-    throw new TandemError('ERR_RESPONSE_EXPIRED', `The check response expired at ${body.expires} (now ${now.toISOString()}): a frozen or replayed response.`, {
+    throw new TandemError('ERR_RESPONSE_EXPIRED', `The check response expired at ${body.expires} (now ${isoTime(now)}): a frozen or replayed response.`, {
       details: { expires: body.expires },
     });
   }
