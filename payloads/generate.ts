@@ -180,13 +180,16 @@ function interleave(a: readonly Operation[], b: readonly Operation[]): Operation
 /**
  * How big a blob gets and how far back its frame may refer: what the device
  * holds while it applies the payload (the compressed blob, checked before it
- * is decoded, and the decoder's window). Measured on the literal data of the
- * fixture image at level 19: 4 MiB windows and ~3.5 MiB blobs are 3.7 %
- * bigger than 8 MiB windows and ~7 MiB blobs, and leave the agent 8 MiB less
- * RSS during a full update (test/bench/agent-update.ts). A full payload takes
- * the small ones: it is the fallback, sent when no delta fits, and the device's
- * memory is the hard limit. A delta's literal data is a few MiB in all and its
- * size is what a delta is for, so it keeps the format's limits.
+ * is decoded, and the decoder's window). Measured with the zstd CLI at level
+ * 19 on 96 MiB of the fixture image's non-zero blocks, cut into frames of N MiB
+ * raw: 4 MiB windows cost 1.5-2 % (23.72 MB at N = 8, 24.08 MB with 2 MiB
+ * windows), the frame's length next to nothing down to ~6 MiB raw (N = 14:
+ * 23.62 MB, N = 6: 23.60 MB, N = 4: 24.27 MB), and 8 MiB windows with ~7 MiB
+ * blobs gained 3.7 % for 8 MiB more agent RSS. A full payload takes ~1.5 MiB
+ * blobs (~6 MiB raw at level 19) with 4 MiB windows: it is the fallback, sent
+ * when no delta fits, and the device's memory is the hard limit. A delta's
+ * literal data is a few MiB in all and its size is what a delta is for, so it
+ * keeps the format's limits.
  */
 interface BlobLimits {
   windowLog: number;
@@ -196,11 +199,11 @@ interface BlobLimits {
   max: number;
 }
 
-const FULL_BLOBS: BlobLimits = { windowLog: 22, target: 3.5 * 1024 * 1024, max: 4 * 1024 * 1024 };
+const FULL_BLOBS: BlobLimits = { windowLog: 22, target: 1.5 * 1024 * 1024, max: 2.5 * 1024 * 1024 };
 const DELTA_BLOBS: BlobLimits = { windowLog: MAX_WINDOW_LOG, target: 7 * 1024 * 1024, max: MAX_BLOB_SIZE };
 /** Raw bytes per compressed byte assumed before the first blob is encoded (filesystem images at level 19). */
 const ASSUMED_RATIO = 4.5;
-const MIN_BLOB_RAW = 4 * 1024 * 1024;
+const MIN_BLOB_RAW = 1024 * 1024;
 const MAX_BLOB_RAW = 64 * 1024 * 1024;
 const NO_SKETCH = new Uint32Array(0);
 /** zstd level of the patch planner's trial encodings (at most the payload's). */
