@@ -30,6 +30,7 @@ import { finalizeStep } from './steps/finalize.ts';
 import { runHealthChecks } from './steps/health.ts';
 import { verifySlot } from './steps/verify.ts';
 import { isoTime } from '../shared/iso-time.ts';
+import type { ManifestView } from '../payloads/operation-table.ts';
 
 export interface AgentLogger {
   info(fields: Record<string, unknown>, message: string): void;
@@ -364,7 +365,7 @@ export class DeviceAgent {
     await this.transition({ type: 'updateAccepted', update }, [
       this.event('downloading', { version: update.version, channel: update.channel, payloadKind: update.kind, progress: { done: 0, total: update.size } }),
     ]);
-    return this.install(update, signal);
+    return this.install(update, signal, { sha256: verified.manifestSha256, view: verified.view });
   }
 
   private async targetCapacity(): Promise<{ targetCapacity?: number }> {
@@ -372,8 +373,12 @@ export class DeviceAgent {
     return capacity === undefined ? {} : { targetCapacity: capacity };
   }
 
-  /** Download + apply (resuming from a checkpoint), verify, finalize. */
-  private async install(initial: UpdateRecord, signal?: AbortSignal): Promise<CycleResult> {
+  /**
+   * Download + apply (resuming from a checkpoint), verify, finalize. `offered` is the manifest the
+   * check response carried, already parsed: the payload's copy of the same bytes is not parsed again
+   * (a resume after a restart parses the kept prelude).
+   */
+  private async install(initial: UpdateRecord, signal?: AbortSignal, offered?: { sha256: string; view: ManifestView }): Promise<CycleResult> {
     const paths = slotPaths(this.config);
     const version = initial.fromVersion;
     try {
@@ -407,6 +412,7 @@ export class DeviceAgent {
           ...(initial.kind === 'delta' ? { source: paths[initial.fromSlot] } : {}),
           trust: this.trust(),
           decoder: await this.decoder(),
+          ...(offered ? { knownManifest: offered } : {}),
           ...(this.state.keyringVersion !== undefined ? { minKeyringVersion: this.state.keyringVersion } : {}),
           checkpointEveryBytes: this.config.download.checkpointEveryBytes,
           dispatcher: this.dispatcher,

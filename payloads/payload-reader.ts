@@ -46,6 +46,12 @@ export interface TrustOptions {
   minKeyringVersion?: number;
   /** Reuse this WebAssembly decoder (a daemon keeps one: each instance is a 16 MiB heap) instead of instantiating one. */
   decoder?: ZstdBinding;
+  /**
+   * A manifest already parsed and checked from the same bytes (the agent's, from the signed check
+   * response): used instead of parsing the payload's copy again when the bytes' sha256 matches. The
+   * payload's signatures are verified all the same.
+   */
+  knownManifest?: { sha256: string; view: ManifestView };
 }
 
 export async function readPrelude(reader: ByteReader): Promise<Prelude> {
@@ -73,7 +79,9 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
   const decoder = options.decoder ?? (await loadZstdCodec());
-  return { prelude, manifest: parsePreludeManifest(prelude, decoder), keyring, keyId, decoder };
+  const known = options.knownManifest;
+  const manifest = known && sha256Hex(prelude.manifestBytes) === known.sha256 ? known.view : parsePreludeManifest(prelude, decoder);
+  return { prelude, manifest, keyring, keyId, decoder };
 }
 
 export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {

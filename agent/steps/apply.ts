@@ -8,6 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { applyPayload, resumePayload, type ApplyResult, type Checkpoint } from '../../payloads/apply.ts';
+import type { ManifestView } from '../../payloads/operation-table.ts';
 import type { VerifiedPayload } from '../../payloads/payload-reader.ts';
 import type { ZstdBinding } from '../../payloads/zstd.ts';
 import { TandemError } from '../../shared/errors.ts';
@@ -72,6 +73,8 @@ export interface ApplyStepInput {
   source?: string;
   trust: RootTrust;
   decoder?: ZstdBinding;
+  /** The manifest the check response carried, parsed: the payload's copy of the same bytes is not parsed again. */
+  knownManifest?: { sha256: string; view: ManifestView };
   minKeyringVersion?: number;
   checkpointEveryBytes: number;
   /** Persist the prelude and the checkpoint; resolves once both are durable. */
@@ -86,6 +89,7 @@ function options(input: ApplyStepInput) {
     ...(input.source !== undefined ? { source: input.source } : {}),
     trust: input.trust,
     ...(input.decoder ? { decoder: input.decoder } : {}),
+    ...(input.knownManifest ? { knownManifest: input.knownManifest } : {}),
     ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
     checkpointEveryBytes: input.checkpointEveryBytes,
     accept: (verified: VerifiedPayload) => {

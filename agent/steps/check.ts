@@ -42,8 +42,9 @@ export interface CheckInput {
 
 export interface VerifiedOffer {
   offer: UpdateOffer;
-  /** Parsed and checked whole; only the header is kept (the payload's own copy is parsed again to apply it). */
+  /** Parsed and checked whole: its header, and all of it (the payload's copy of these bytes is not parsed again). */
   manifest: ManifestHeader;
+  view: ManifestView;
   manifestBytes: Buffer;
   manifestSha256: string;
   payloadUrl: string;
@@ -156,7 +157,8 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
   const manifestBytes = decodeBase64Strict(offer.manifest);
   if (manifestBytes === undefined) throw new TandemError('ERR_OFFER_MISMATCH', 'The offered manifest is not canonical base64.');
   verifySignedBytes(manifestBytes, offer.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now, 'release');
-  const manifest = manifestHeader(parseOfferedManifest(manifestBytes, expect.decoder));
+  const view = parseOfferedManifest(manifestBytes, expect.decoder);
+  const manifest = manifestHeader(view);
   const mismatch = (what: string): never => {
     throw new TandemError('ERR_OFFER_MISMATCH', `The offer's ${what} disagrees with its signed manifest.`, { details: { field: what } });
   };
@@ -172,7 +174,7 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
     return mismatch('payload url');
   }
   if (!/^https?:$/.test(new URL(payloadUrl).protocol)) mismatch('payload url');
-  return { offer, manifest, manifestBytes, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), payloadUrl };
+  return { offer, manifest, view, manifestBytes, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), payloadUrl };
 }
 
 export interface PolicyContext {
