@@ -71,6 +71,8 @@ export interface JsonCall {
 export interface JsonResult {
   status: number;
   json: JsonValue | undefined;
+  /** The body as received: what a signature over the server's exact bytes is checked against. */
+  bytes: Buffer;
 }
 
 /** A JSON call; a non-2xx answer throws ERR_HTTP_STATUS carrying the server's error code when it sent one. */
@@ -115,7 +117,7 @@ export async function callJson(call: JsonCall): Promise<JsonResult> {
       details: { status: res.statusCode, url: call.url, ...(serverCode ? { serverCode } : {}), ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }) },
     });
   }
-  return { status: res.statusCode, json };
+  return { status: res.statusCode, json, bytes };
 }
 
 /** Worth retrying: the network, timeouts, 408/425/429 and 5xx. */

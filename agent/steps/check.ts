@@ -10,10 +10,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { HttpClient as Dispatcher } from '../http-client.ts';
-import { canonicalBytes } from '../../shared/canonical-json.ts';
+import { canonicalBytes, canonicalize } from '../../shared/canonical-json.ts';
 import { TandemError } from '../../shared/errors.ts';
 import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../../shared/keyring.ts';
 import { decodeBase64Strict } from '../../shared/keys.ts';
+import type { KeyringSignature } from '../../shared/schemas/keyring.ts';
 import type { ManifestHeader } from '../../shared/schemas/manifest.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type CheckResponseBody, type UpdateOffer } from '../../shared/schemas/protocol.ts';
 import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
@@ -64,7 +65,7 @@ export async function runCheck(input: CheckInput): Promise<CheckResult> {
   const nonce = newNonce();
   const body: CheckRequest = { ...input.request, nonce };
   const url = `${input.server}/v1/check`;
-  const { json } = await callJson({
+  const { json, bytes } = await callJson({
     method: 'POST',
     url,
     body,
@@ -82,7 +83,7 @@ export async function runCheck(input: CheckInput): Promise<CheckResult> {
     clockSkewSeconds: input.clockSkewSeconds ?? 300,
     decoder: input.decoder,
     ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
-  });
+  }, bytes);
 }
 
 export interface ResponseExpectations {
@@ -98,14 +99,22 @@ export interface ResponseExpectations {
 }
 
 /** Every check a response must pass, in the order that reveals the least to an attacker. */
-export async function verifyCheckResponse(json: unknown, expect: ResponseExpectations): Promise<CheckResult> {
+export async function verifyCheckResponse(json: unknown, expect: ResponseExpectations, raw?: Buffer): Promise<CheckResult> {
   const response = validateCheckResponse(json, 'check response');
   const { body } = response;
   const keyring = verifyKeyring(body.keyring, expect.trust, {
     now: expect.now,
     ...(expect.minKeyringVersion !== undefined ? { minVersion: expect.minKeyringVersion } : {}),
   });
-  verifySignedBytes(canonicalBytes(body), [response.signature], keyring, CHECK_RESPONSE_DOMAIN, expect.now, 'server');
+  const verify = (bytes: Uint8Array) => verifySignedBytes(bytes, [response.signature], keyring, CHECK_RESPONSE_DOMAIN, expect.now, 'server');
+  const received = receivedBody(raw, response.signature);
+  try {
+    verify(received ?? canonicalBytes(body));
+  } catch (err) {
+    // The received bytes had the layout but not the signed bytes (whitespace inside a re-serialized body?): the canonical form decides.
+    if (received === undefined || !(err instanceof TandemError && err.code === 'ERR_BAD_SIGNATURE')) throw err;
+    verify(canonicalBytes(body));
+  }
   if (body.nonce !== expect.nonce) {
     throw new TandemError('ERR_NONCE_MISMATCH', 'The check response answers another request (its nonce is not ours): a replayed response.', {
       details: { expected: expect.nonce, got: body.nonce },
@@ -118,6 +127,25 @@ export async function verifyCheckResponse(json: unknown, expect: ResponseExpecta
   const result: CheckResult = { pollAfterSeconds: body.pollAfterSeconds, keyring };
   if (body.result === 'update' && body.update) result.update = verifyOffer(body.update, keyring, expect);
   return result;
+}
+
+const JSON_HEAD = Buffer.from('{"body":', 'utf8');
+
+/**
+ * The body's bytes as received, when the response has the server's layout
+ * `{"body":<canonical body>,"signature":<canonical signature>}`
+ * (server/routes/check-response.ts): the signature is checked over them
+ * instead of over the body canonicalized again, which for a big offered
+ * manifest (a response of several MiB) made two more copies of it. Sound: the
+ * strict parser read the whole response, and with that head and tail the
+ * bytes between are the body's JSON text, which is what the signature covers.
+ */
+function receivedBody(raw: Buffer | undefined, signature: KeyringSignature): Buffer | undefined {
+  if (raw === undefined) return undefined;
+  const tail = Buffer.from(`,"signature":${canonicalize(signature)}}`, 'utf8');
+  if (raw.length <= JSON_HEAD.length + tail.length) return undefined;
+  if (!raw.subarray(0, JSON_HEAD.length).equals(JSON_HEAD) || !raw.subarray(raw.length - tail.length).equals(tail)) return undefined;
+  return raw.subarray(JSON_HEAD.length, raw.length - tail.length);
 }
 
 function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number): void {
