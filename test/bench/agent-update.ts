@@ -10,7 +10,8 @@
  * Debian appliance image of ../shared/fixtures (1.1.0) followed by zeros up to
  * the size — a real root filesystem with free space; and `synthetic`, whose
  * 4 KiB blocks switch at random between zero, copied and literal runs — the
- * adversarial case for the manifest (~150 operations per MiB).
+ * adversarial case for the manifest (~150 runs per MiB, merged into operations
+ * of up to 512 extents: ~0.5 M extents at 2 GiB).
  */
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
