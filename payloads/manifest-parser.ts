@@ -7,13 +7,13 @@
  * again for the second pass: the frame is small and decodes fast, the text can
  * be 64 MiB):
  * 1. A structural scan (strings, brackets, depth) finds the top-level
- *    `"operations"` array, counts its operations, extents and hashes, and keeps
- *    everything else — the header, with `"operations":[]` in place of the array.
- *    The header is parsed with the strict parser, validated (schema) and must
- *    be canonical.
- * 2. The table is allocated at the counted size; each operation's bytes are
- *    parsed on their own, validated with the operation schema, required to be
- *    canonical, and appended.
+ *    `"operations"` array, counts its operations, extents and hashes, records
+ *    where each operation lies, and keeps everything else — the header, with
+ *    `"operations":[]` in place of the array. The header is parsed with the
+ *    strict parser, validated (schema) and must be canonical.
+ * 2. The table is allocated at the counted size; each operation's bytes, cut
+ *    out where pass 1 found them, are parsed on their own, validated with the
+ *    operation schema, required to be canonical, and appended.
  * Canonical header + canonical operations + bare `,` between them = a
  * canonical manifest: the guarantee parsing the whole document gave. The
  * semantic checks (payloads/manifest-check.ts) then run on the table.
@@ -21,7 +21,7 @@
 import { canonicalBytes } from '../shared/canonical-json.ts';
 import { TandemError } from '../shared/errors.ts';
 import { parseSafeJson } from '../shared/safe-json.ts';
-import { MANIFEST_LIMITS, validateManifestHeader, validateOperation, type ManifestHeader } from '../shared/schemas/manifest.ts';
+import { MANIFEST_LIMITS, validateManifestHeader, validateOperation, type ManifestHeader, type Operation } from '../shared/schemas/manifest.ts';
 import { MANIFEST_MAX_BYTES, MAX_WINDOW_LOG } from './format.ts';
 import { checkManifest } from './manifest-check.ts';
 import { OperationTable, type ManifestView, type TableCapacity } from './operation-table.ts';
@@ -108,22 +108,86 @@ export function parseManifestText(text: ManifestText): ManifestView {
   if (capacity.operations === 0) invalid('/operations must NOT have fewer than 1 items');
   if (!canonicalBytes(parsed).equals(headerBytes) || !counting.bareSeparators) notCanonical();
 
-  // Pass 2: every operation parsed, validated and canonical on its own, into the table.
+  // Pass 2: every operation parsed, validated and canonical on its own, into the table. Pass 1 found
+  // where each one lies (the text decodes to the same bytes again), so this pass only cuts them out.
   const table = new OperationTable(capacity);
-  const filling = new ManifestScanner((bytes, index) => {
-    const value = parseSafeJson(bytes, { maxBytes: MAX_OPERATION_JSON, maxDepth: MAX_DEPTH - OPERATION_DEPTH + 1 });
-    const op = validateOperation(value, 'manifest', `/operations/${index}`);
-    if (!canonicalBytes(op).equals(bytes)) notCanonical();
-    table.append(op);
-  });
-  for (const chunk of text()) filling.feed(chunk);
-  filling.end();
+  forEachOperation(text, counting.elements, (bytes, index) => table.append(parseOperation(bytes, index)));
   if (table.length !== capacity.operations) throw new Error(`manifest parser: ${table.length} operations in pass 2, ${capacity.operations} counted`);
 
   // The table takes the place of the empty array, keys in the manifest's order.
   const manifest: ManifestView = { ...(parsed as ManifestHeader), operations: table };
   checkManifest(manifest);
   return manifest;
+}
+
+/**
+ * One operation's bytes, which must be the canonical JSON of a valid operation.
+ * First the engine's own parser (native: the strict one runs as interpreted
+ * code on the agent, which has no optimizing JIT, and a 0.5 M-extent manifest
+ * took seconds), kept only if the schema accepts the value AND its canonical
+ * form is these very bytes: that rules out everything the strict parser
+ * refuses (a duplicate key or a number beyond 2^53 re-serializes differently,
+ * `__proto__` fails the schema). Anything else goes through the strict parser,
+ * whose error says what is wrong.
+ */
+function parseOperation(bytes: Buffer, index: number): Operation {
+  const where = `/operations/${index}`;
+  try {
+    const op = validateOperation(JSON.parse(bytes.toString('utf8')), 'manifest', where);
+    if (canonicalBytes(op).equals(bytes)) return op;
+  } catch {
+    // the strict path below names the fault
+  }
+  const op = validateOperation(parseSafeJson(bytes, { maxBytes: MAX_OPERATION_JSON, maxDepth: MAX_DEPTH - OPERATION_DEPTH + 1 }), 'manifest', where);
+  if (!canonicalBytes(op).equals(bytes)) notCanonical();
+  return op;
+}
+
+/**
+ * Hands over each operation's bytes, cut from the text by the positions pass 1
+ * recorded: the first one's offset, then each one's length, with the single
+ * `,` between them that pass 1 required. An operation split across chunks is
+ * gathered in one buffer (≤ MAX_OPERATION_JSON), valid until the next call.
+ */
+function forEachOperation(text: ManifestText, elements: ElementPositions, each: (bytes: Buffer, index: number) => void): void {
+  const carry = Buffer.allocUnsafe(MAX_OPERATION_JSON);
+  let carried = 0;
+  let index = 0;
+  let start = elements.first;
+  let base = 0;
+  for (const input of text()) {
+    const chunk = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+    const chunkEnd = base + chunk.length;
+    while (index < elements.count) {
+      const end = start + elements.lengths[index]!;
+      if (end > chunkEnd) {
+        const from = Math.max(start, base);
+        if (from < chunkEnd) carried += chunk.copy(carry, carried, from - base);
+        break;
+      }
+      let bytes: Buffer;
+      if (carried > 0) {
+        chunk.copy(carry, carried, 0, end - base);
+        bytes = carry.subarray(0, carried + end - base);
+        carried = 0;
+      } else {
+        bytes = chunk.subarray(start - base, end - base);
+      }
+      each(bytes, index);
+      index++;
+      start = end + 1;
+    }
+    base = chunkEnd;
+  }
+  if (index !== elements.count) throw new Error(`manifest parser: ${index} operations in pass 2, ${elements.count} in pass 1`);
+}
+
+/** Where pass 1 found the operations: the first one's offset in the text, then each one's length. */
+interface ElementPositions {
+  first: number;
+  count: number;
+  /** Each ≤ MAX_OPERATION_JSON (37,120) bytes: fits 16 bits, 2 MiB for the most operations a manifest may hold. */
+  lengths: Uint16Array;
 }
 
 // ---- The structural scanner ---------------------------------------------------------
@@ -165,10 +229,9 @@ const MAX_WATCHED_KEY = 64;
  * Walks JSON bytes chunk by chunk, tracking strings, nesting and depth; every
  * byte it does not check itself ends up in a piece the strict parser reads
  * (the header or one operation). Inside the first top-level "operations" array
- * it delimits each element: counting mode tallies operations, extents (arrays
- * in an operation's `dst` and `src` lists) and hashes and keeps every byte
- * outside the array's brackets, the header; with `onOperation` it hands each
- * element's bytes over instead.
+ * it delimits each element: it tallies operations, extents (arrays in an
+ * operation's `dst` and `src` lists) and hashes, records where each element
+ * lies, and keeps every byte outside the array's brackets, the header.
  */
 class ManifestScanner {
   readonly capacity: TableCapacity = { operations: 0, extents: 0, hashes: 0 };
@@ -184,6 +247,8 @@ class ManifestScanner {
   private readonly stack = new Uint8Array(MAX_DEPTH + 1);
   private inString = false;
   private escaped = false;
+  /** Index of the next backslash in the chunk at or after the last search (chunk length: none); -1: not searched. */
+  private nextBackslash = -1;
   private inScalar = false;
   /** The string being read is a key the scanner watches: a top-level one, or an operation's own. */
   private watchingKey = false;
@@ -200,13 +265,12 @@ class ManifestScanner {
   private elementExtents = 0;
   private listExtents = 0;
   private elementHash = false;
-  /** Bytes of the current element from earlier chunks (filling mode). */
-  private carried: Buffer[] = [];
-  /** Header bytes (counting mode), and where the header resumes in the current chunk (-1: inside the array). */
+  /** Header bytes, and where the header resumes in the current chunk (-1: inside the array). */
   private readonly headerParts: Buffer[] = [];
   private headerFrom = 0;
 
-  constructor(private readonly onOperation?: (bytes: Buffer, index: number) => void) {}
+  /** Positions of the operations in the text. */
+  readonly elements: ElementPositions = { first: 0, count: 0, lengths: new Uint16Array(256) };
 
   header(): Buffer {
     return Buffer.concat(this.headerParts);
@@ -219,6 +283,7 @@ class ManifestScanner {
   feed(input: Uint8Array): void {
     const bytes = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
     this.chunk = bytes;
+    this.nextBackslash = -1;
     this.base = this.pos;
     this.headerFrom = this.opsState === 'inside' ? -1 : 0;
     let i = 0;
@@ -244,12 +309,28 @@ class ManifestScanner {
     }
     this.pos = this.base + bytes.length;
     if (this.headerFrom >= 0) this.keepHeader(this.headerFrom, bytes.length);
-    if (this.elementStart >= 0 && this.onOperation) this.carried.push(Buffer.from(bytes.subarray(Math.max(0, this.elementStart - this.base))));
   }
 
   /** String bytes from `from` on (most of a manifest: the hashes): the index after the closing quote, or the chunk's end. */
   private stringBytes(from: number): number {
     const bytes = this.chunk;
+    if (!this.watchingKey && !this.escaped) {
+      // Most strings hold no backslash: find the closing quote with the native search (the agent runs
+      // without an optimizing JIT, where a byte loop costs ~10x more). nextBackslash only moves forward.
+      if (this.nextBackslash < from) {
+        const at = bytes.indexOf(BACKSLASH, from);
+        this.nextBackslash = at === -1 ? bytes.length : at;
+      }
+      const quote = bytes.indexOf(QUOTE, from);
+      const end = quote === -1 ? bytes.length : quote;
+      if (this.nextBackslash >= end) {
+        if (quote === -1) return bytes.length;
+        this.inString = false;
+        this.pos = this.base + quote;
+        this.stringDone();
+        return quote + 1;
+      }
+    }
     let escaped = this.escaped;
     for (let i = from; i < bytes.length; i++) {
       const c = bytes[i]!;
@@ -321,7 +402,7 @@ class ManifestScanner {
   }
 
   private keepHeader(from: number, to: number): void {
-    if (!this.onOperation && to > from) this.headerParts.push(Buffer.from(this.chunk.subarray(from, to)));
+    if (to > from) this.headerParts.push(Buffer.from(this.chunk.subarray(from, to)));
   }
 
   private startValue(c: number): void {
@@ -413,6 +494,17 @@ class ManifestScanner {
     if (this.elementStart >= 0 && this.depth === 2) this.elementDone(end);
   }
 
+  private recordElement(start: number, length: number): void {
+    const elements = this.elements;
+    if (elements.count === 0) elements.first = start;
+    if (elements.count === elements.lengths.length) {
+      const grown = new Uint16Array(2 * elements.lengths.length);
+      grown.set(elements.lengths);
+      elements.lengths = grown;
+    }
+    elements.lengths[elements.count++] = length;
+  }
+
   private elementDone(end: number): void {
     const index = this.capacity.operations;
     const length = end - this.elementStart;
@@ -422,10 +514,6 @@ class ManifestScanner {
     if (++this.capacity.operations > MANIFEST_LIMITS.maxOperations) invalid(`/operations must NOT have more than ${MANIFEST_LIMITS.maxOperations} items`);
     this.capacity.extents += this.elementExtents;
     if (this.elementHash) this.capacity.hashes++;
-    if (!this.onOperation) return;
-    const inChunk = this.chunk.subarray(Math.max(0, start - this.base), end - this.base);
-    const element = this.carried.length === 0 ? inChunk : Buffer.concat([...this.carried, inChunk]);
-    this.carried = [];
-    this.onOperation(element, index);
+    this.recordElement(start, length);
   }
 }
