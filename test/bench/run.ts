@@ -2,7 +2,9 @@
  * `npm run bench`: runs every benchmark file in test/bench (each prints JSON
  * lines with its baseline ratio), one after another so they don't compete
  * for the two cores. `npm run bench -- payload` runs the files whose name
- * contains "payload".
+ * contains "payload". The bundles are built first (`node bin/build.js`): the
+ * commands a benchmark runs measure what `npm start` and a device run, not the
+ * sources through tsx, which bin/launch.js falls back to when dist/ is stale.
  */
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -15,6 +17,8 @@ const files = readdirSync(dir)
   .filter((f) => f.endsWith('.ts') && f !== 'run.ts')
   .filter((f) => filter === undefined || f.includes(filter))
   .sort();
+const build = spawnSync(process.execPath, [join(REPO, 'bin', 'build.js')], { stdio: ['ignore', 'ignore', 'inherit'], cwd: REPO });
+if (build.status !== 0) throw new Error(`bin/build.js exited with ${build.status}`);
 let failed = 0;
 for (const file of files) {
   process.stderr.write(`# ${file}\n`);
