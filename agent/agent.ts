@@ -30,7 +30,7 @@ import { finalizeStep } from './steps/finalize.ts';
 import { runHealthChecks } from './steps/health.ts';
 import { verifySlot } from './steps/verify.ts';
 import { isoTime } from '../shared/iso-time.ts';
-import type { ManifestView } from '../payloads/operation-table.ts';
+import type { KnownManifest } from '../payloads/payload-reader.ts';
 
 export interface AgentLogger {
   info(fields: Record<string, unknown>, message: string): void;
@@ -378,7 +378,7 @@ export class DeviceAgent {
    * check response carried, already parsed: the payload's copy of the same bytes is not parsed again
    * (a resume after a restart parses the kept prelude).
    */
-  private async install(initial: UpdateRecord, signal?: AbortSignal, offered?: { sha256: string; view: ManifestView }): Promise<CycleResult> {
+  private async install(initial: UpdateRecord, signal?: AbortSignal, offered?: KnownManifest): Promise<CycleResult> {
     const paths = slotPaths(this.config);
     const version = initial.fromVersion;
     try {
@@ -490,7 +490,7 @@ export class DeviceAgent {
     }
     const started = Date.parse(update.healthStartedAt ?? this.iso());
     const deadline = started + this.config.health.deadlineSeconds * 1000;
-    this.log.info({ version: update.version, checks: this.config.health.checks.length, deadline: isoTime(new Date(deadline)) }, 'health checks');
+    this.log.info({ version: update.version, checks: this.config.health.checks.length, deadline: isoTime(deadline) }, 'health checks');
     const report = await this.healthChecks(deadline, signal);
     if (report.ok) return this.commit(update);
     const failing = report.failing!;

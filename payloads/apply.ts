@@ -106,17 +106,7 @@ function ioError(cause: unknown, what: string): TandemError {
   return new TandemError('ERR_IO', `Could not ${what}: ${message}`, { cause });
 }
 
-/**
- * Extents are read and written with positional system calls made in turn on
- * this thread (pread/pwrite into the page cache), the way update_engine and
- * RAUC write a slot. An operation covers up to 512 extents: one promise per
- * extent through libuv's thread pool made the round trips, not the disk, the
- * cost of a fragmented image, and its ~2 KB of garbage per call the agent's
- * peak heap (measured on a synthetic 128 MiB image of 17,037 written and
- * 14,056 read extents: 6.9 s -> 3.3 s, 94 MiB less garbage in the last second).
- * Each call moves at most one operation's 2 MiB; the slow-network detector
- * counts only time spent waiting for the network (agent/downloader.ts).
- */
+/** Runs synchronous slot I/O, its errors reported as ERR_IO naming what it was doing. */
 function slotIo<T>(what: string, io: () => T): T {
   try {
     return io();
@@ -125,6 +115,17 @@ function slotIo<T>(what: string, io: () => T): T {
   }
 }
 
+/**
+ * Extents are read and written with positional system calls made in turn on
+ * this thread (pread/pwrite into the page cache), the way update_engine and
+ * RAUC write a slot. An operation covers up to 512 extents: one promise per
+ * extent through libuv's thread pool made the round trips, not the disk, the
+ * cost of a fragmented image, and its ~2 KB of garbage per call the agent's
+ * peak heap (measured on a synthetic 128 MiB image of 17,037 written and
+ * 14,056 read extents: 6.9 s -> 3.1 s, 94 MiB less garbage in the last second).
+ * Each call moves at most one operation's 2 MiB; the slow-network detector
+ * counts only time spent waiting for the network (agent/downloader.ts).
+ */
 function eachExtent(extents: readonly Extent[], io: (position: number, at: number, length: number) => number, what: string): number {
   let at = 0;
   for (const [offset, length] of extents) {

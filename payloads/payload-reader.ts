@@ -37,6 +37,14 @@ export interface VerifiedPayload {
   keyId: string;
   /** The WebAssembly decoder that decoded the manifest; readOperations reuses it, so an apply holds one 16 MiB heap. */
   decoder: ZstdBinding;
+  /** sha256 (hex) of the manifest bytes as stored and signed. */
+  manifestSha256: string;
+}
+
+/** A manifest already parsed and checked from bytes of this sha256 (the agent's, from the signed check response). */
+export interface KnownManifest {
+  sha256: string;
+  view: ManifestView;
 }
 
 export interface TrustOptions {
@@ -47,11 +55,10 @@ export interface TrustOptions {
   /** Reuse this WebAssembly decoder (a daemon keeps one: each instance is a 16 MiB heap) instead of instantiating one. */
   decoder?: ZstdBinding;
   /**
-   * A manifest already parsed and checked from the same bytes (the agent's, from the signed check
-   * response): used instead of parsing the payload's copy again when the bytes' sha256 matches. The
+   * Used instead of parsing the payload's manifest again when the bytes' sha256 matches. The
    * payload's signatures are verified all the same.
    */
-  knownManifest?: { sha256: string; view: ManifestView };
+  knownManifest?: KnownManifest;
 }
 
 export async function readPrelude(reader: ByteReader): Promise<Prelude> {
@@ -79,9 +86,10 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
   const decoder = options.decoder ?? (await loadZstdCodec());
+  const manifestSha256 = sha256Hex(prelude.manifestBytes);
   const known = options.knownManifest;
-  const manifest = known && sha256Hex(prelude.manifestBytes) === known.sha256 ? known.view : parsePreludeManifest(prelude, decoder);
-  return { prelude, manifest, keyring, keyId, decoder };
+  const manifest = known?.sha256 === manifestSha256 ? known.view : parsePreludeManifest(prelude, decoder);
+  return { prelude, manifest, keyring, keyId, decoder, manifestSha256 };
 }
 
 export async function readVerifiedPrelude(reader: ByteReader, options: TrustOptions): Promise<VerifiedPayload> {

@@ -6,10 +6,8 @@
  * offered, and pass the install policy. Checkpoints (after fdatasync) are
  * handed to the caller, which persists them with the prelude.
  */
-import { createHash } from 'node:crypto';
 import { applyPayload, resumePayload, type ApplyResult, type Checkpoint } from '../../payloads/apply.ts';
-import type { ManifestView } from '../../payloads/operation-table.ts';
-import type { VerifiedPayload } from '../../payloads/payload-reader.ts';
+import type { KnownManifest, VerifiedPayload } from '../../payloads/payload-reader.ts';
 import type { ZstdBinding } from '../../payloads/zstd.ts';
 import { TandemError } from '../../shared/errors.ts';
 import type { RootTrust } from '../../shared/keyring.ts';
@@ -74,7 +72,7 @@ export interface ApplyStepInput {
   trust: RootTrust;
   decoder?: ZstdBinding;
   /** The manifest the check response carried, parsed: the payload's copy of the same bytes is not parsed again. */
-  knownManifest?: { sha256: string; view: ManifestView };
+  knownManifest?: KnownManifest;
   minKeyringVersion?: number;
   checkpointEveryBytes: number;
   /** Persist the prelude and the checkpoint; resolves once both are durable. */
@@ -93,7 +91,7 @@ function options(input: ApplyStepInput) {
     ...(input.minKeyringVersion !== undefined ? { minKeyringVersion: input.minKeyringVersion } : {}),
     checkpointEveryBytes: input.checkpointEveryBytes,
     accept: (verified: VerifiedPayload) => {
-      const digest = createHash('sha256').update(verified.prelude.manifestBytes).digest('hex');
+      const digest = verified.manifestSha256;
       if (digest !== input.update.manifestSha256) {
         throw new TandemError('ERR_PAYLOAD_CHANGED', `The payload's manifest is not the one the signed check response offered for ${input.update.version}: the payload changed after the check.`, {
           details: { expected: input.update.manifestSha256, actual: digest },

@@ -8,7 +8,7 @@
  * install policy (board, product, version, failed versions, delta source)
  * before a byte is downloaded.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { HttpClient as Dispatcher } from '../http-client.ts';
 import { canonicalBytes, canonicalize } from '../../shared/canonical-json.ts';
 import { TandemError } from '../../shared/errors.ts';
@@ -20,6 +20,7 @@ import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type C
 import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
 import { parseManifest, parseStoredManifest } from '../../payloads/manifest-parser.ts';
 import { manifestHeader, type ManifestView } from '../../payloads/operation-table.ts';
+import { sha256Hex } from '../../payloads/payload-reader.ts';
 import { inspectFrame, type ZstdBinding } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
 import type { Slot } from '../boot-control/index.ts';
@@ -202,7 +203,7 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
     return mismatch('payload url');
   }
   if (!/^https?:$/.test(new URL(payloadUrl).protocol)) mismatch('payload url');
-  return { offer, manifest, view, manifestBytes, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), payloadUrl };
+  return { offer, manifest, view, manifestBytes, manifestSha256: sha256Hex(manifestBytes), payloadUrl };
 }
 
 export interface PolicyContext {
