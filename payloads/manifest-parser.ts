@@ -102,43 +102,74 @@ export function parseManifestText(text: ManifestText): ManifestView {
   if (failure !== undefined) throw failure;
   counting.end();
 
+  // A fault found after the JSON (schema, canonical form) waits until every operation has been
+  // parsed: a JSON fault anywhere in the text is reported first, as parsing the whole document did.
+  let fault: unknown;
+  const later = (check: () => void): void => {
+    if (fault !== undefined) return;
+    try {
+      check();
+    } catch (err) {
+      fault = err;
+    }
+  };
+
+  // Pass 2 cuts the operations apart at single commas: anything else between them cannot wait.
+  if (!counting.bareSeparators) notCanonical();
   const headerBytes = counting.header();
-  const parsed = validateManifestHeader(parseSafeJson(headerBytes, { maxBytes: MANIFEST_MAX_BYTES, maxDepth: MAX_DEPTH }), 'manifest');
+  const headerValue = parseSafeJson(headerBytes, { maxBytes: MANIFEST_MAX_BYTES, maxDepth: MAX_DEPTH });
   const capacity = counting.capacity;
-  if (capacity.operations === 0) invalid('/operations must NOT have fewer than 1 items');
-  if (!canonicalBytes(parsed).equals(headerBytes) || !counting.bareSeparators) notCanonical();
+  let header: ManifestHeader | undefined;
+  later(() => {
+    const parsed = validateManifestHeader(headerValue, 'manifest');
+    if (capacity.operations === 0) invalid('/operations must NOT have fewer than 1 items');
+    if (!canonicalBytes(parsed).equals(headerBytes)) notCanonical();
+    header = parsed as ManifestHeader;
+  });
 
   // Pass 2: every operation parsed, validated and canonical on its own, into the table. Pass 1 found
   // where each one lies (the text decodes to the same bytes again), so this pass only cuts them out.
+  // After a fault, the rest are only parsed, for a JSON fault that comes first.
   const table = new OperationTable(capacity);
-  forEachOperation(text, counting.elements, (bytes, index) => table.append(parseOperation(bytes, index)));
+  forEachOperation(text, counting.elements, (bytes, index) => {
+    const quick = fault === undefined ? quickOperation(bytes, index) : undefined;
+    if (quick !== undefined) {
+      table.append(quick);
+      return;
+    }
+    const value = parseSafeJson(bytes, { maxBytes: MAX_OPERATION_JSON, maxDepth: MAX_DEPTH - OPERATION_DEPTH + 1 });
+    later(() => table.append(canonicalOperation(value, bytes, index)));
+  });
+  if (fault !== undefined) throw fault;
   if (table.length !== capacity.operations) throw new Error(`manifest parser: ${table.length} operations in pass 2, ${capacity.operations} counted`);
 
   // The table takes the place of the empty array, keys in the manifest's order.
-  const manifest: ManifestView = { ...(parsed as ManifestHeader), operations: table };
+  const manifest: ManifestView = { ...header!, operations: table };
   checkManifest(manifest);
   return manifest;
 }
 
 /**
- * One operation's bytes, which must be the canonical JSON of a valid operation.
- * First the engine's own parser (native: the strict one runs as interpreted
- * code on the agent, which has no optimizing JIT, and a 0.5 M-extent manifest
- * took seconds), kept only if the schema accepts the value AND its canonical
- * form is these very bytes: that rules out everything the strict parser
- * refuses (a duplicate key or a number beyond 2^53 re-serializes differently,
- * `__proto__` fails the schema). Anything else goes through the strict parser,
- * whose error says what is wrong.
+ * One operation's bytes through the engine's own parser (native: the strict
+ * one runs as interpreted code on the agent, which has no optimizing JIT, and
+ * a 0.5 M-extent manifest took seconds), kept only if the schema accepts the
+ * value AND its canonical form is these very bytes: that rules out everything
+ * the strict parser refuses (a duplicate key or a number beyond 2^53
+ * re-serializes differently, `__proto__` fails the schema). Undefined for
+ * anything else, which the strict parser then reads and names the fault of.
  */
-function parseOperation(bytes: Buffer, index: number): Operation {
-  const where = `/operations/${index}`;
+function quickOperation(bytes: Buffer, index: number): Operation | undefined {
   try {
-    const op = validateOperation(JSON.parse(bytes.toString('utf8')), 'manifest', where);
-    if (canonicalBytes(op).equals(bytes)) return op;
+    const op = validateOperation(JSON.parse(bytes.toString('utf8')), 'manifest', `/operations/${index}`);
+    return canonicalBytes(op).equals(bytes) ? op : undefined;
   } catch {
-    // the strict path below names the fault
+    return undefined;
   }
-  const op = validateOperation(parseSafeJson(bytes, { maxBytes: MAX_OPERATION_JSON, maxDepth: MAX_DEPTH - OPERATION_DEPTH + 1 }), 'manifest', where);
+}
+
+/** The strict parser's value of one operation's bytes, which must be a valid operation written canonically. */
+function canonicalOperation(value: unknown, bytes: Buffer, index: number): Operation {
+  const op = validateOperation(value, 'manifest', `/operations/${index}`);
   if (!canonicalBytes(op).equals(bytes)) notCanonical();
   return op;
 }

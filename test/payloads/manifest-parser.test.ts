@@ -295,6 +295,12 @@ test('hostile operation content is refused with the codes the whole-document par
     [replaced(zero, '{"dst":[[0,4096]]"op":"ZERO"}'), 'ERR_JSON_SYNTAX'],
     [replaced(zero, '{"dst":[[0,4096]],"op":"ZERO"},'), 'ERR_JSON_SYNTAX'],
     [replaced(zero, ',{"dst":[[0,4096]],"op":"ZERO"}'), 'ERR_JSON_SYNTAX'],
+    // A fault of content (schema, canonical form) before a JSON fault further on: the JSON fault is
+    // reported, as when the whole document was parsed before it was validated.
+    [replaced('"op":"ZERO"},{"dst":[[4096,4096]],"op":"ZERO"}', '"op":"T"},{"dst":[[4096,4096]],"op":"ZERO","op":"ZERO"}'), 'ERR_JSON_DUPLICATE_KEY'],
+    [replaced('"op":"ZERO"},{"dst":[[4096,4096]]', '"op":"ZERO","x":1},{"dst":[[4096,9007199254740993]]'), 'ERR_JSON_UNSAFE_NUMBER'],
+    [replaced('"dst":[[0,4096]],"op":"ZERO"},{"dst":[[4096,4096]]', '"dst":[[0, 4096]],"op":"ZERO"},{"__proto__":1,"dst":[[4096,4096]]'), 'ERR_JSON_FORBIDDEN_KEY'],
+    [replaced('"board":"test-board"', '"board":7').replace('"op":"TARGET_COPY"', '"op":"TARGET_COPY","op":"X"'), 'ERR_JSON_DUPLICATE_KEY'],
     // Decoys for a parser that searched the text instead of following its structure.
     [replaced('"board":"test-board"', '"board":"\\"operations\\":[{\\"dst\\":[[0,1]]}]"'), 'ERR_MANIFEST_INVALID'],
     [replaced('{"blobs":[]', '{"a":{"operations":[{"dst":[[0,1]],"op":"ZERO"}]},"blobs":[]'), 'ERR_MANIFEST_INVALID'],
