@@ -15,7 +15,7 @@ import { TandemError, isTandemError, toTandemError } from '../shared/errors.ts';
 import type { RootTrust } from '../shared/keyring.ts';
 import { validateEnrollResponse, type DeviceEvent, type EventType } from '../shared/schemas/protocol.ts';
 import { parseVersion } from '../shared/versions.ts';
-import { loadZstdCodec, type ZstdBinding } from '../payloads/zstd.ts';
+import { loadZstdDecoder, type ZstdDecoder } from '../payloads/zstd.ts';
 import { backoffSeconds, pollSeconds, retryWaitSeconds, sleep } from './backoff.ts';
 import { createBootControl, otherSlot, type BootControl, type BootState, type Slot } from './boot-control/index.ts';
 import type { AgentConfig } from './config.ts';
@@ -88,8 +88,8 @@ export class DeviceAgent {
   private readonly log: AgentLogger;
   private readonly now: () => Date;
   private readonly random: () => number;
-  /** One WebAssembly zstd instance (a 16 MiB heap) for the daemon's life: offers and payloads share it. */
-  private decoderLoad: Promise<ZstdBinding> | undefined;
+  /** One zstd decoder for the daemon's life (zstd-codec's is a 16 MiB WebAssembly heap): offers and payloads share it. */
+  private decoderLoad: Promise<ZstdDecoder> | undefined;
 
   private constructor(
     readonly config: AgentConfig,
@@ -189,8 +189,8 @@ export class DeviceAgent {
   }
 
   /** The root trust: keys adopted from a rotated keyring, else the pinned ones. */
-  private decoder(): Promise<ZstdBinding> {
-    this.decoderLoad ??= loadZstdCodec();
+  private decoder(): Promise<ZstdDecoder> {
+    this.decoderLoad ??= loadZstdDecoder();
     return this.decoderLoad;
   }
 

@@ -9,7 +9,7 @@ import { ByteReader } from './byte-reader.ts';
 import { extentsLength } from './manifest-check.ts';
 import { materializeManifest, OPERATION_KINDS, type ManifestView } from './operation-table.ts';
 import { parsePreludeManifest, readOperations, readPrelude, readVerifiedPrelude, type TrustOptions } from './payload-reader.ts';
-import { loadZstdCodec } from './zstd.ts';
+import { loadZstdDecoder } from './zstd.ts';
 
 export interface PayloadSummary {
   kind: ManifestHeader['kind'];
@@ -59,7 +59,7 @@ export async function inspectPayload(stream: AsyncIterable<Uint8Array>): Promise
   const reader = new ByteReader(stream);
   try {
     const prelude = await readPrelude(reader);
-    const manifest = parsePreludeManifest(prelude, await loadZstdCodec());
+    const manifest = parsePreludeManifest(prelude, await loadZstdDecoder());
     const keyring = prelude.signatureBlock.keyring as { signed?: { version?: number } };
     const summary = summarize(manifest, prelude.raw.length, prelude.header.manifestRawLength, prelude.signatureBlock.signatures.map((s) => s.keyId), keyring.signed?.version ?? 0);
     return { summary, manifest: materializeManifest(manifest) };

@@ -25,7 +25,7 @@ import { MANIFEST_LIMITS, validateManifestHeader, validateOperation, type Manife
 import { MANIFEST_MAX_BYTES, MAX_WINDOW_LOG } from './format.ts';
 import { checkManifest } from './manifest-check.ts';
 import { OperationTable, type ManifestView, type TableCapacity } from './operation-table.ts';
-import { FrameStream, type ZstdBinding } from './zstd.ts';
+import { FrameStream, type ZstdDecoder } from './zstd.ts';
 
 /** The manifest's JSON, chunk by chunk, from the start each time it is called (once per pass). */
 export type ManifestText = () => Iterable<Uint8Array>;
@@ -64,11 +64,11 @@ export function parseManifest(json: Uint8Array): ManifestView {
  * that decodes to exactly `rawSize` bytes, decoding it 64 KiB at a time. Call
  * only after the signature over `stored` verified.
  */
-export function parseStoredManifest(stored: Uint8Array, rawSize: number, zstd: ZstdBinding): ManifestView {
+export function parseStoredManifest(stored: Uint8Array, rawSize: number, zstd: ZstdDecoder): ManifestView {
   return parseManifestText(() => decodedText(stored, rawSize, zstd));
 }
 
-function* decodedText(stored: Uint8Array, rawSize: number, zstd: ZstdBinding): Generator<Uint8Array> {
+function* decodedText(stored: Uint8Array, rawSize: number, zstd: ZstdDecoder): Generator<Uint8Array> {
   let frame: FrameStream | undefined;
   try {
     if (rawSize > MANIFEST_MAX_BYTES) throw new Error(`it decodes to ${rawSize} bytes, over the ${MANIFEST_MAX_BYTES}-byte limit`);

@@ -15,7 +15,7 @@ import { decodeHeader, HEADER_SIZE, MANIFEST_SIGNATURE_DOMAIN, MAX_BLOB_SIZE, MA
 import { parseStoredManifest } from './manifest-parser.ts';
 import type { ManifestView } from './operation-table.ts';
 import { signatureBlockOf, type SignatureBlock } from './signature-block.ts';
-import { FrameStream, loadZstdCodec, type ZstdBinding } from './zstd.ts';
+import { FrameStream, loadZstdDecoder, type ZstdDecoder } from './zstd.ts';
 
 export interface Prelude {
   header: PayloadHeader;
@@ -35,8 +35,8 @@ export interface VerifiedPayload {
   keyring: VerifiedKeyring;
   /** The release key whose signature verified. */
   keyId: string;
-  /** The WebAssembly decoder that decoded the manifest; readOperations reuses it, so an apply holds one 16 MiB heap. */
-  decoder: ZstdBinding;
+  /** The decoder that decoded the manifest; readOperations reuses it, so an apply holds one (zstd-codec's is a 16 MiB heap). */
+  decoder: ZstdDecoder;
   /** sha256 (hex) of the manifest bytes as stored and signed. */
   manifestSha256: string;
 }
@@ -52,8 +52,8 @@ export interface TrustOptions {
   now?: Date;
   /** Refuse keyrings older than this version (a device remembers the newest it saw). */
   minKeyringVersion?: number;
-  /** Reuse this WebAssembly decoder (a daemon keeps one: each instance is a 16 MiB heap) instead of instantiating one. */
-  decoder?: ZstdBinding;
+  /** Reuse this decoder (a daemon keeps one: each zstd-codec instance is a 16 MiB heap) instead of loading one. */
+  decoder?: ZstdDecoder;
   /**
    * Used instead of parsing the payload's manifest again when the bytes' sha256 matches. The
    * payload's signatures are verified all the same.
@@ -74,7 +74,7 @@ export async function readPrelude(reader: ByteReader): Promise<Prelude> {
 }
 
 /** Parses the prelude's manifest (decoded in chunks, never whole): for `inspect`, and after verification. */
-export function parsePreludeManifest(prelude: Prelude, zstd: ZstdBinding): ManifestView {
+export function parsePreludeManifest(prelude: Prelude, zstd: ZstdDecoder): ManifestView {
   return parseStoredManifest(prelude.manifestBytes, prelude.header.manifestRawLength, zstd);
 }
 
@@ -85,7 +85,7 @@ export async function verifyPrelude(prelude: Prelude, options: TrustOptions): Pr
     ...(options.minKeyringVersion === undefined ? {} : { minVersion: options.minKeyringVersion }),
   });
   const { keyId } = verifySignedBytes(prelude.manifestBytes, prelude.signatureBlock.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now);
-  const decoder = options.decoder ?? (await loadZstdCodec());
+  const decoder = options.decoder ?? (await loadZstdDecoder());
   const manifestSha256 = sha256Hex(prelude.manifestBytes);
   const known = options.knownManifest;
   const manifest = known?.sha256 === manifestSha256 ? known.view : parsePreludeManifest(prelude, decoder);
@@ -220,7 +220,7 @@ async function openBlob(
   reader: ByteReader,
   blobIndex: number,
   compressed: Buffer,
-  zstd: ZstdBinding,
+  zstd: ZstdDecoder,
   options: ReadOperationsOptions,
 ): Promise<FrameStream> {
   const blob = verified.manifest.blobs[blobIndex]!;

@@ -1,7 +1,9 @@
 /**
- * zstd for payload blobs. Decoding always goes through zstd-codec (WebAssembly,
- * a fixed 16 MiB heap, no compiler needed on a device), fed in small chunks so
- * memory stays fixed. Every frame header is inspected BEFORE decoding: a frame
+ * zstd for payload blobs. Decoding goes through node:zlib's zstd where the
+ * runtime has it (Node ≥ 22.15; with raw-content dictionaries, which later
+ * releases added: probed, not assumed), else zstd-codec (WebAssembly, a fixed
+ * 16 MiB heap, no compiler needed on a device); either is fed one block at a
+ * time so memory stays fixed. Every frame header is inspected BEFORE decoding: a frame
  * that asks for a bigger window than the format allows would abort the
  * WebAssembly module on OOM, so it is refused first. Encoding prefers the
  * native `zstd` binary (levels up to 22, explicit window); zstd-codec is the
@@ -11,10 +13,12 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import zlib from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TandemError } from '../shared/errors.ts';
+import { MAX_WINDOW_LOG } from './format.ts';
 import { noteStreamedGarbage } from './reclaim.ts';
 
 interface StreamBinding {
@@ -25,10 +29,19 @@ interface StreamBinding {
   delete(): void;
 }
 
-export interface ZstdBinding {
+/** What decoding needs: a streaming decoder and dictionaries for it. */
+export interface ZstdDecoder {
+  /** `zstd-codec` or `node:zlib`, for logs and benchmarks. */
+  readonly name: string;
+  /** Each feed's output arrives in a new ArrayBuffer, garbage once copied (reclaim.ts). */
+  readonly freshOutput: boolean;
   ZstdDecompressStreamBinding: new () => StreamBinding;
-  ZstdCompressStreamBinding: new () => StreamBinding;
   createDecompressionDict(bytes: Uint8Array): { delete(): void };
+}
+
+/** zstd-codec: a decoder, and the encoder used where no zstd binary is installed. */
+export interface ZstdBinding extends ZstdDecoder {
+  ZstdCompressStreamBinding: new () => StreamBinding;
   createCompressionDict(bytes: Uint8Array, level: number): { delete(): void };
 }
 
@@ -56,6 +69,8 @@ export function loadZstdCodec(): Promise<ZstdBinding> {
   // The Emscripten module has a `then` method, so a promise would adopt it as a thenable and never
   // settle: hand out a plain object with just the entry points instead.
   const entryPoints = (m: ZstdBinding): ZstdBinding => ({
+    name: 'zstd-codec',
+    freshOutput: true,
     ZstdDecompressStreamBinding: m.ZstdDecompressStreamBinding,
     ZstdCompressStreamBinding: m.ZstdCompressStreamBinding,
     createDecompressionDict: (bytes) => m.createDecompressionDict(bytes),
@@ -71,6 +86,168 @@ export function loadZstdCodec(): Promise<ZstdBinding> {
   }
   const moduleLoader = require('zstd-codec/lib/module.js') as { run(f: (binding: ZstdBinding) => void): void };
   return new Promise((resolve) => moduleLoader.run((m) => resolve(entryPoints(m))));
+}
+
+export type DecoderPreference = 'auto' | 'native' | 'wasm';
+
+/**
+ * The decoder to use: node:zlib's where the runtime has zstd with dictionaries
+ * ('auto', the agent's choice; 'native' requires it), else a zstd-codec instance.
+ */
+export async function loadZstdDecoder(prefer: DecoderPreference = 'auto'): Promise<ZstdDecoder> {
+  if (prefer !== 'wasm' && hasNativeZstdDecoder()) return NATIVE_DECODER;
+  if (prefer === 'native') throw new TandemError('ERR_DECODER', `This runtime (Node ${process.versions.node}) has no zstd in node:zlib with dictionaries; Node 24 has.`);
+  return loadZstdCodec();
+}
+
+/** node:zlib's zstd (Node ≥ 22.15, 23.8), which @types/node 20 does not describe. */
+interface ZlibZstd {
+  createZstdDecompress?(options: ZlibZstdOptions): ZlibEngine;
+  zstdCompressSync?(data: Uint8Array, options: ZlibZstdOptions): Buffer;
+  constants: { ZSTD_d_windowLogMax?: number; ZSTD_e_continue?: number; ZSTD_c_checksumFlag?: number };
+}
+
+interface ZlibZstdOptions {
+  params?: Record<number, number>;
+  dictionary?: Buffer;
+}
+
+/**
+ * The parts of a zlib engine that its own `*Sync` functions drive (node's
+ * lib/zlib.js processChunkSync): the native handle's synchronous write and the
+ * state array it leaves [output left, input left] in. Not public API; the probe
+ * below checks they behave before the agent relies on them.
+ */
+interface ZlibEngine {
+  _handle: { writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void } | null;
+  _writeState: Uint32Array;
+  readonly destroyed: boolean;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  close(): void;
+}
+
+const zlibZstd = zlib as unknown as ZlibZstd;
+
+interface NativeDictionary {
+  bytes: Uint8Array;
+  delete(): void;
+}
+
+/**
+ * node:zlib's zstd decoder behind zstd-codec's streaming interface, written to
+ * synchronously as zlib's `*Sync` functions do, but kept open between feeds
+ * (those close the engine after one call). Output goes to one reused buffer:
+ * unlike zstd-codec, no garbage per block. The window limit is set in the
+ * decoder too, though FrameStream has already refused a frame that asks for more.
+ */
+class NativeDecompressStream implements StreamBinding {
+  private engine: ZlibEngine | undefined;
+  private failed = false;
+  private readonly out = Buffer.allocUnsafe(MAX_BLOCK_SIZE);
+
+  begin(): boolean {
+    return this.start(undefined);
+  }
+
+  beginUsingDict(dict: unknown): boolean {
+    return this.start((dict as NativeDictionary).bytes);
+  }
+
+  private start(dictionary: Uint8Array | undefined): boolean {
+    const { createZstdDecompress, constants } = zlibZstd;
+    if (!createZstdDecompress || constants.ZSTD_d_windowLogMax === undefined) return false;
+    try {
+      const options: ZlibZstdOptions = { params: { [constants.ZSTD_d_windowLogMax]: MAX_WINDOW_LOG } };
+      if (dictionary) options.dictionary = Buffer.from(dictionary.buffer, dictionary.byteOffset, dictionary.byteLength);
+      const engine = createZstdDecompress(options);
+      // A decoding error destroys the engine and emits 'error' on the next tick: transform reports it.
+      engine.on('error', () => {
+        this.failed = true;
+      });
+      this.engine = engine;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  transform(chunk: Uint8Array, callback: (out: Uint8Array) => void): boolean {
+    const engine = this.engine;
+    let inOff = 0;
+    let inLen = chunk.length;
+    try {
+      for (;;) {
+        if (!engine?._handle || this.failed) return false;
+        engine._handle.writeSync(zlibZstd.constants.ZSTD_e_continue ?? 0, chunk, inOff, inLen, this.out, 0, this.out.length);
+        if (engine.destroyed) return false;
+        const [outLeft, inLeft] = engine._writeState;
+        if (outLeft! < this.out.length) callback(this.out.subarray(0, this.out.length - outLeft!));
+        inOff += inLen - inLeft!;
+        inLen = inLeft!;
+        // Output space left over: everything fed was decoded (zstd stops early only when output is full).
+        if (outLeft! > 0) return inLen === 0;
+      }
+    } catch {
+      return false;
+    }
+  }
+
+  /** Nothing is held back: every feed returned all it decoded (FrameStream checks the count). */
+  end(): boolean {
+    return this.engine !== undefined && !this.failed && !this.engine.destroyed;
+  }
+
+  delete(): void {
+    this.engine?.close();
+    this.engine = undefined;
+  }
+}
+
+const NATIVE_DECODER: ZstdDecoder = {
+  name: 'node:zlib',
+  freshOutput: false,
+  ZstdDecompressStreamBinding: NativeDecompressStream,
+  createDecompressionDict: (bytes) => ({ bytes, delete: () => undefined }),
+};
+
+let nativeDecoderProbe: boolean | undefined;
+/**
+ * node:zlib has zstd from Node 22.15 and 23.8 but dictionaries only from later
+ * releases, which ignore an option they do not know, and the engine's
+ * synchronous write is internal. So, by behaviour rather than version: 4 KiB
+ * of noise compressed with itself as the dictionary (a frame of a few bytes
+ * only where dictionaries work) must decode back through the decoder above,
+ * fed in two parts; and a corrupted frame must fail, not decode.
+ */
+function hasNativeZstdDecoder(): boolean {
+  nativeDecoderProbe ??= (() => {
+    const { zstdCompressSync, constants } = zlibZstd;
+    if (!zstdCompressSync || constants.ZSTD_c_checksumFlag === undefined) return false;
+    try {
+      const sample = Buffer.alloc(4096);
+      for (let i = 0, x = 0x9e3779b9; i < sample.length; i++) sample[i] = (x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 24;
+      const frame = zstdCompressSync(sample, { dictionary: sample, params: { [constants.ZSTD_c_checksumFlag]: 1 } });
+      if (frame.length > 256) return false;
+      const decode = (bytes: Buffer): Buffer | undefined => {
+        const stream = new NativeDecompressStream();
+        const parts: Buffer[] = [];
+        const sink = (out: Uint8Array): void => void parts.push(Buffer.from(out));
+        try {
+          const cut = bytes.length >> 1;
+          const ok = stream.beginUsingDict({ bytes: sample }) && stream.transform(bytes.subarray(0, cut), sink) && stream.transform(bytes.subarray(cut), sink) && stream.end();
+          return ok ? Buffer.concat(parts) : undefined;
+        } finally {
+          stream.delete();
+        }
+      };
+      const corrupt = Buffer.from(frame);
+      corrupt[corrupt.length - 1]! ^= 0xff; // the content checksum
+      return decode(frame)?.equals(sample) === true && decode(corrupt) === undefined;
+    } catch {
+      return false;
+    }
+  })();
+  return nativeDecoderProbe;
 }
 
 const ZSTD_MAGIC = 0xfd2fb528;
@@ -173,9 +350,10 @@ export class FrameStream {
   private closed = false;
   private readonly frameEnd: number;
   private readonly blocksStart: number;
+  private readonly freshOutput: boolean;
 
   constructor(
-    zstd: ZstdBinding,
+    zstd: ZstdDecoder,
     private readonly compressed: Uint8Array,
     private readonly limits: DecodeLimits,
     dict?: Uint8Array,
@@ -189,6 +367,7 @@ export class FrameStream {
     }
     this.frameEnd = info.end;
     this.blocksStart = info.headerSize;
+    this.freshOutput = zstd.freshOutput;
     this.stream = new zstd.ZstdDecompressStreamBinding();
     this.ddict = dict ? zstd.createDecompressionDict(dict) : undefined;
     if (!(this.ddict ? this.stream.beginUsingDict(this.ddict) : this.stream.begin())) {
@@ -217,11 +396,11 @@ export class FrameStream {
     this.pendingEnd += chunk.length;
   };
 
-  /** Feeds the next block; its output arrived in new ArrayBuffers, garbage once copied (reclaim.ts). */
+  /** Feeds the next block; zstd-codec's output arrived in new ArrayBuffers, garbage once copied (reclaim.ts). */
   private feedAndReclaim(): void {
     const before = this.produced;
     this.feedBlock();
-    noteStreamedGarbage(this.produced - before);
+    if (this.freshOutput) noteStreamedGarbage(this.produced - before);
   }
 
   /** Feeds the next block (the first feed includes the frame header; the last the checksum). */
@@ -289,7 +468,7 @@ export class FrameStream {
 }
 
 /** Decodes a whole frame known to be small (the manifest): take everything, then finish. */
-export function decodeFrame(zstd: ZstdBinding, compressed: Uint8Array, out: Buffer, limits: DecodeLimits, dict?: Uint8Array): Buffer {
+export function decodeFrame(zstd: ZstdDecoder, compressed: Uint8Array, out: Buffer, limits: DecodeLimits, dict?: Uint8Array): Buffer {
   const frame = new FrameStream(zstd, compressed, limits, dict);
   const data = frame.take(limits.rawSize, out);
   frame.finish();

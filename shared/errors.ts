@@ -49,6 +49,7 @@ export const ERROR_STATUS = {
   ERR_ABORTED: 499,
   ERR_IO: 500,
   ERR_ENCODER: 500,
+  ERR_DECODER: 500,
   // Boot control (agent/boot-control): the message starts with the backend's name
   ERR_BOOTENV_MISSING: 500,
   ERR_BOOTENV_CORRUPT: 500,

@@ -8,7 +8,7 @@
  */
 import { applyPayload, resumePayload, type ApplyResult, type Checkpoint } from '../../payloads/apply.ts';
 import type { KnownManifest, VerifiedPayload } from '../../payloads/payload-reader.ts';
-import type { ZstdBinding } from '../../payloads/zstd.ts';
+import type { ZstdDecoder } from '../../payloads/zstd.ts';
 import { TandemError } from '../../shared/errors.ts';
 import type { RootTrust } from '../../shared/keyring.ts';
 import type { ManifestHeader } from '../../shared/schemas/manifest.ts';
@@ -70,7 +70,7 @@ export interface ApplyStepInput {
   target: string;
   source?: string;
   trust: RootTrust;
-  decoder?: ZstdBinding;
+  decoder?: ZstdDecoder;
   /** The manifest the check response carried, parsed: the payload's copy of the same bytes is not parsed again. */
   knownManifest?: KnownManifest;
   minKeyringVersion?: number;

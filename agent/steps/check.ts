@@ -21,7 +21,7 @@ import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
 import { parseManifest, parseStoredManifest } from '../../payloads/manifest-parser.ts';
 import { manifestHeader, type ManifestView } from '../../payloads/operation-table.ts';
 import { sha256Hex } from '../../payloads/payload-reader.ts';
-import { inspectFrame, type ZstdBinding } from '../../payloads/zstd.ts';
+import { inspectFrame, type ZstdDecoder } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
 import type { Slot } from '../boot-control/index.ts';
 import { checkInstallPolicy } from './apply.ts';
@@ -39,7 +39,7 @@ export interface CheckInput {
   signal?: AbortSignal;
   /** Tolerated clock difference for issuedAt in the future (seconds). */
   clockSkewSeconds?: number;
-  decoder: ZstdBinding;
+  decoder: ZstdDecoder;
 }
 
 export interface VerifiedOffer {
@@ -95,8 +95,8 @@ export interface ResponseExpectations {
   now: Date;
   server: string;
   clockSkewSeconds: number;
-  /** Decodes the offered manifest; the daemon's one WebAssembly instance. */
-  decoder: ZstdBinding;
+  /** Decodes the offered manifest; the daemon's one decoder. */
+  decoder: ZstdDecoder;
 }
 
 /** Every check a response must pass, in the order that reveals the least to an attacker. */
@@ -169,7 +169,7 @@ function checkFreshness(body: CheckResponseBody, now: Date, skewSeconds: number)
  * JSON (format v1). Decoded (in chunks, as it is parsed) only after its
  * signature verified, bounded by the content size its frame header declares.
  */
-function parseOfferedManifest(stored: Buffer, decoder: ZstdBinding): ManifestView {
+function parseOfferedManifest(stored: Buffer, decoder: ZstdDecoder): ManifestView {
   if (stored.length < 4 || stored.readUInt32LE(0) !== 0xfd2fb528) return parseManifest(stored);
   let contentSize: number | undefined;
   try {

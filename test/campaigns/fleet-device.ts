@@ -28,7 +28,7 @@ import { canonicalBytes } from '../../shared/canonical-json.ts';
 import { TandemError, toTandemError } from '../../shared/errors.ts';
 import type { RootTrust, VerifiedKeyring } from '../../shared/keyring.ts';
 import { decodeBase64Strict, importPublicKey } from '../../shared/keys.ts';
-import type { ZstdBinding } from '../../payloads/zstd.ts';
+import type { ZstdDecoder } from '../../payloads/zstd.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type DeviceEvent, type EventType } from '../../shared/schemas/protocol.ts';
 import type { ReleaseStats } from '../../server/store/store.ts';
 
@@ -195,7 +195,7 @@ export class CheckVerifier {
   full = 0;
   fast = 0;
 
-  constructor(private readonly trust: RootTrust, private readonly server: string, private readonly decoder: ZstdBinding, private readonly clockSkewSeconds = 300) {}
+  constructor(private readonly trust: RootTrust, private readonly server: string, private readonly decoder: ZstdDecoder, private readonly clockSkewSeconds = 300) {}
 
   async verify(json: unknown, expect: { nonce: string; deviceId: string; now?: Date }): Promise<CheckResult> {
     const now = expect.now ?? new Date();

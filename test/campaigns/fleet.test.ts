@@ -11,7 +11,7 @@
  */
 import anyTest, { type TestFn } from 'ava';
 import { verifyCheckResponse } from '../../agent/steps/check.ts';
-import { loadZstdCodec, type ZstdBinding } from '../../payloads/zstd.ts';
+import { loadZstdDecoder, type ZstdDecoder } from '../../payloads/zstd.ts';
 import { generateKeyPair } from '../../shared/keys.ts';
 import type { CheckResponse, CheckResponseBody } from '../../shared/schemas/protocol.ts';
 import { makeFleetKeys, ProtocolServer } from '../agent/harness.ts';
@@ -90,7 +90,7 @@ function signedResponse(server: ProtocolServer, fields: Partial<CheckResponseBod
 test('the fleet verifier refuses what the agent refuses, after its first verdicts are memoized', async (t) => {
   const keys = makeFleetKeys();
   const server = new ProtocolServer({ keys });
-  const decoder: ZstdBinding = await loadZstdCodec();
+  const decoder: ZstdDecoder = await loadZstdDecoder();
   const verifier = new CheckVerifier(keys.trust, 'http://127.0.0.1:9', decoder);
   const agentVerify = (json: unknown, nonce: string) => verifyCheckResponse(json, { nonce, deviceId: 'fleet-0', trust: keys.trust, now: new Date(), server: 'http://127.0.0.1:9', clockSkewSeconds: 300, decoder });
 
