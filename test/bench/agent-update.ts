@@ -11,8 +11,11 @@
  * the size — a real root filesystem with free space; and `synthetic`, whose
  * 4 KiB blocks switch at random between zero, copied and literal runs — the
  * adversarial case for the manifest (~150 runs per MiB, merged into operations
- * of up to 512 extents: ~0.5 M extents at 2 GiB).
+ * of up to 512 extents: ~0.5 M extents at 2 GiB). The agent runs on the
+ * bench's own node unless TANDEM_BENCH_AGENT_NODE names another binary (e.g.
+ * Node 24's, whose node:zlib zstd the agent decodes with instead of zstd-codec).
  */
+import { execFileSync } from 'node:child_process';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createPayload } from '../../payloads/generate.ts';
@@ -35,6 +38,8 @@ async function serviceLaunch(): Promise<{ nodeFlags: string[]; env: Record<strin
   return { nodeFlags: exec[1]!.trim().split(/\s+/).filter(Boolean), env };
 }
 const service = await serviceLaunch();
+const agentNode = process.env.TANDEM_BENCH_AGENT_NODE || process.execPath;
+const node = execFileSync(agentNode, ['--version'], { encoding: 'utf8' }).trim();
 const sizes = (process.env.TANDEM_BENCH_AGENT_MIB ?? '512,2048').split(',').map(Number).filter((n) => n > 0);
 const kinds = (process.env.TANDEM_BENCH_AGENT_IMAGES ?? 'fixture,synthetic').split(',').filter((k) => k === 'fixture' || k === 'synthetic');
 const fixtures = kinds.includes('fixture') ? await fixtureImages() : undefined;
@@ -87,7 +92,7 @@ try {
       image: seed,
       overrides: { rebootCommand: null, download: { checkpointEveryBytes: 8 * 1024 * 1024 } },
     });
-    const ours = await measure(process.execPath, [...service.nodeFlags, AGENT, 'check', '--config', dev.configPath, '--quiet'], { env: service.env });
+    const ours = await measure(agentNode, [...service.nodeFlags, AGENT, 'check', '--config', dev.configPath, '--quiet'], { env: service.env });
     if (ours.code !== 4) throw new Error(`tandem-agent check exited ${ours.code}`);
 
     const slot = join(work.path, `baseline-slot-${mib}.img`);
@@ -98,6 +103,7 @@ try {
 
     emit({
       bench: 'agent-update',
+      node,
       image: kind,
       imageMiB: mib,
       operations: payload.manifest.operations.length,
@@ -110,7 +116,7 @@ try {
       target: '>= 0.7',
     });
     rss.push({ kind, mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024) });
-    emit({ bench: 'agent-rss', image: kind, imageMiB: mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024), baseline: 'dd pipeline', baselineMaxRssMiB: Math.round(baseline.maxRssKiB / 1024), target: '<= 80' });
+    emit({ bench: 'agent-rss', node, image: kind, imageMiB: mib, maxRssMiB: Math.round(ours.maxRssKiB / 1024), baseline: 'dd pipeline', baselineMaxRssMiB: Math.round(baseline.maxRssKiB / 1024), target: '<= 80' });
     await rm(imagePath, { force: true });
     await rm(slot, { force: true });
     await rm(dev.dir, { recursive: true, force: true });
@@ -119,7 +125,7 @@ try {
     const mine = rss.filter((r) => r.kind === kind);
     if (mine.length < 2) continue;
     const spread = Math.max(...mine.map((r) => r.maxRssMiB)) - Math.min(...mine.map((r) => r.maxRssMiB));
-    emit({ bench: 'agent-rss-spread', image: kind, sizesMiB: mine.map((r) => r.mib), spreadMiB: spread, target: '<= 16' });
+    emit({ bench: 'agent-rss-spread', node, image: kind, sizesMiB: mine.map((r) => r.mib), spreadMiB: spread, target: '<= 16' });
   }
 } finally {
   await server.close();
