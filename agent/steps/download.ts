@@ -3,9 +3,10 @@
  * attempt. Each attempt starts at the last durable checkpoint (HTTP Range from
  * its payloadOffset, If-Range with the first response's ETag) and feeds the
  * engine as bytes arrive — no temporary copy. Transient failures (network,
- * timeouts, stalls, 5xx, a truncated body) are retried with exponential
- * backoff and jitter, up to `retries`; a payload that changed under us
- * restarts from its first byte once; anything else fails the install at once.
+ * timeouts, stalls, 5xx, a truncated body, a blob damaged on the way) are
+ * retried with exponential backoff and jitter, up to `retries`; a payload that
+ * changed under us restarts from its first byte once; anything else fails the
+ * install at once.
  */
 import type { ApplyResult, Checkpoint } from '../../payloads/apply.ts';
 import { toTandemError } from '../../shared/errors.ts';
@@ -100,11 +101,26 @@ export async function downloadStep(input: DownloadStepInput): Promise<ApplyResul
         await input.restart();
         continue;
       }
-      if (!isTransient(error) || failures >= input.retry.retries) throw error;
+      if (!(isTransient(error) || isDamagedInTransit(error)) || failures >= input.retry.retries) throw error;
       failures++;
       const wait = retryWaitSeconds(backoffSeconds(failures - 1, input.retry.backoffBaseSeconds, input.retry.backoffMaxSeconds, input.random), error);
       input.log?.('download failed, retrying', { code: error.code, message: error.message, retryInSeconds: Number(wait.toFixed(2)), failures });
       await sleep(wait, input.signal);
     }
   }
+}
+
+/**
+ * A blob whose bytes do not match their signed sha256 was damaged between the
+ * server's disk and here (it is checked before a byte of it is decoded or
+ * written). Every checkpoint lies before it and covers only operations whose
+ * output hashes verified, so the next attempt resumes from the last one
+ * instead of failing the version and downloading it all again at the next
+ * poll. A server that keeps sending bad bytes runs out of retries and the
+ * install fails with ERR_BLOB_HASH as before. A blob that matches its hash but
+ * does not decode, or decodes to other bytes, is the release's fault: never
+ * retried.
+ */
+function isDamagedInTransit(error: { code: string }): boolean {
+  return error.code === 'ERR_BLOB_HASH';
 }

@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { readFile, rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DeviceAgent } from '../../agent/agent.ts';
 import { generateKeyPair } from '../../shared/keys.ts';
@@ -172,18 +172,51 @@ test.serial('another payload of the same size at the URL is refused before a byt
   t.deepEqual(await readFile(dev.slotB), slotB, 'not even the inactive slot was written');
 });
 
-test.serial('payload bytes corrupted in transit are refused by their signed hashes', async (t) => {
+test.serial('payload bytes corrupted in transit every time are refused by their signed hashes, after the retries', async (t) => {
   const dev = await device();
   server.offer = offerV2;
-  const good = await readFile(v2.full.path);
-  const bad = Buffer.from(good);
+  const bad = await readFile(v2.full.path);
   bad[bad.length - 100]! ^= 0xff;
-  server.intercept = (req, res) => {
+  const badPath = join(dev.dir, 'bad.tpl');
+  await writeFile(badPath, bad);
+  let requests = 0;
+  server.intercept = async (req, res) => {
     if (!req.url?.startsWith('/v1/payloads/')) return false;
-    res.writeHead(200, { 'content-length': bad.length, etag: '"bad"' }).end(bad);
+    requests++;
+    const { serveFile } = await import('./harness.ts');
+    await serveFile(req, res, badPath, '"bad"');
     return true;
   };
   await refused(t, dev, 'ERR_BLOB_HASH');
+  t.is(requests, 1 + 3, 'the first attempt and the retries the config allows');
+});
+
+test.serial('a byte damaged in transit once: the download resumes from the last checkpoint and installs', async (t) => {
+  const dev = await device({ download: { retries: 3, backoffBaseSeconds: 0.05, backoffMaxSeconds: 0.1, checkpointEveryBytes: 0 } });
+  server.offer = offerV2;
+  const good = await readFile(v2.full.path);
+  const requests: (string | undefined)[] = [];
+  server.intercept = async (req, res) => {
+    if (!req.url?.startsWith('/v1/payloads/')) return false;
+    requests.push(req.headers.range);
+    if (requests.length === 1) {
+      const bad = Buffer.from(good);
+      bad[bad.length - 100]! ^= 0xff; // in the last blob, after checkpoints
+      res.writeHead(200, { 'content-length': bad.length, etag: '"v2"' }).end(bad);
+      return true;
+    }
+    const { serveFile } = await import('./harness.ts');
+    await serveFile(req, res, v2.full.path, '"v2"');
+    return true;
+  };
+  t.like(await cycle(dev), { result: 'installed', version: '1.1.0' });
+  t.true(await slotHolds(dev.slotB, v2.image));
+  t.is(requests.length, 2);
+  const resumedAt = Number(/^bytes=(\d+)-$/.exec(requests[1] ?? '')?.[1]);
+  t.true(resumedAt > 0 && resumedAt < good.length - 100, `resumed from a checkpoint before the damage: ${requests[1]}`);
+  const agent = await DeviceAgent.open(await dev.config());
+  t.is(agent.state.failedVersions.length, 0, 'the version is not recorded as failed');
+  await agent.close();
 });
 
 test.serial('an endless body (no Content-Length) is cut at the signed size', async (t) => {

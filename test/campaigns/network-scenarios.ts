@@ -259,9 +259,16 @@ export const SCENARIOS: readonly Scenario[] = [
   {
     name: 'flip',
     payload: 'full',
-    fault: 'one payload data byte flipped',
+    fault: 'one payload data byte flipped, once',
     rules: ({ layout }) => [{ route: 'payload', fault: { kind: 'flip', offset: midBlob(layout, 1), mask: 0x20 } }],
-    expect: { refusedWith: ['ERR_BLOB_HASH'] },
+    expect: { resumed: 'yes', retriedAfter: ['ERR_BLOB_HASH'] },
+  },
+  {
+    name: 'flip-always',
+    payload: 'full',
+    fault: 'a byte of the first blob flipped in every response',
+    rules: ({ layout }) => [{ route: 'payload', times: Infinity, fault: { kind: 'flip', offset: midBlob(layout, 0), mask: 0x20 } }],
+    expect: { refusedWith: ['ERR_BLOB_HASH'], retriedAfter: ['ERR_BLOB_HASH'] },
   },
   {
     name: 'content-range',
