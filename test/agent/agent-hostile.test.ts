@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { DeviceAgent } from '../../agent/agent.ts';
 import { generateKeyPair } from '../../shared/keys.ts';
 import { createKeyring } from '../../shared/keyring.ts';
-import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, slotHolds, tempDir, type Device, type Release, runCycle as cycle } from './harness.ts';
+import { evolveImage, makeDevice, makeFleetKeys, makeImage, makeRelease, ProtocolServer, serveFile, slotHolds, tempDir, type Device, type Release, runCycle as cycle } from './harness.ts';
 
 const keys = makeFleetKeys();
 let dir = '';
@@ -149,7 +149,6 @@ test.serial('payload bytes changed after the check (another payload at the URL) 
   server.offer = offerV2;
   server.intercept = async (req, res) => {
     if (!req.url?.startsWith('/v1/payloads/')) return false;
-    const { serveFile } = await import('./harness.ts');
     await serveFile(req, res, v3.full.path, '"x"');
     return true;
   };
@@ -183,7 +182,6 @@ test.serial('payload bytes corrupted in transit every time are refused by their 
   server.intercept = async (req, res) => {
     if (!req.url?.startsWith('/v1/payloads/')) return false;
     requests++;
-    const { serveFile } = await import('./harness.ts');
     await serveFile(req, res, badPath, '"bad"');
     return true;
   };
@@ -205,7 +203,6 @@ test.serial('a byte damaged in transit once: the download resumes from the last 
       res.writeHead(200, { 'content-length': bad.length, etag: '"v2"' }).end(bad);
       return true;
     }
-    const { serveFile } = await import('./harness.ts');
     await serveFile(req, res, v2.full.path, '"v2"');
     return true;
   };
@@ -333,7 +330,6 @@ test.serial('a cut connection and a few 5xx heal: the download resumes with Rang
       res.writeHead(503).end();
       return true;
     }
-    const { serveFile } = await import('./harness.ts');
     await serveFile(req, res, v2.full.path, '"v2"');
     return true;
   };
