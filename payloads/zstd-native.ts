@@ -7,7 +7,7 @@
  */
 import zlib from 'node:zlib';
 import { MAX_WINDOW_LOG } from './format.ts';
-import type { StreamBinding, ZstdDecoder } from './zstd.ts';
+import type { StreamBinding, ZstdDecoder } from './zstd-decoder.ts';
 
 /** The most a zstd block decodes to (RFC 8878, Block_Maximum_Size): one feed's output. */
 const MAX_BLOCK_SIZE = 128 * 1024;

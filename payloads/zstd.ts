@@ -18,25 +18,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TandemError } from '../shared/errors.ts';
 import { noteStreamedGarbage } from './reclaim.ts';
+import type { StreamBinding, ZstdDecoder } from './zstd-decoder.ts';
 import { nativeZstdDecoder } from './zstd-native.ts';
 
-export interface StreamBinding {
-  begin(level?: number): boolean;
-  beginUsingDict(dict: unknown): boolean;
-  transform(chunk: Uint8Array, callback: (out: Uint8Array) => void): boolean;
-  end(callback: (out: Uint8Array) => void): boolean;
-  delete(): void;
-}
-
-/** What decoding needs: a streaming decoder and dictionaries for it. */
-export interface ZstdDecoder {
-  /** `zstd-codec` or `node:zlib`, for logs and benchmarks. */
-  readonly name: string;
-  /** Each feed's output arrives in a new ArrayBuffer, garbage once copied (reclaim.ts). */
-  readonly freshOutput: boolean;
-  ZstdDecompressStreamBinding: new () => StreamBinding;
-  createDecompressionDict(bytes: Uint8Array): { delete(): void };
-}
+export type { ZstdDecoder } from './zstd-decoder.ts';
 
 /** zstd-codec: a decoder, and the encoder used where no zstd binary is installed. */
 export interface ZstdBinding extends ZstdDecoder {
