@@ -3,9 +3,9 @@
  * instead of one JS object per operation and one array per extent. As objects
  * they cost about 860 bytes of V8 heap per operation (63 MiB for the 76,407 of
  * a 512 MiB image of alternating runs); here an operation costs 11 bytes, plus
- * 32 for its sha256 (all kinds but ZERO) and 16 per extent — 54 to 60 bytes in
- * the manifests measured (payloads/FORMAT.md, "Size of the manifest"),
- * allocated once at the size the parser counted (payloads/manifest-parser.ts).
+ * 32 for its sha256 (all kinds but ZERO) and 8 per extent (16 in the rare
+ * manifest with an extent off the 512-byte grid or beyond 2 TiB), allocated
+ * once at the size the parser counted (payloads/manifest-parser.ts).
  */
 import type { Extent, Manifest, ManifestHeader, Operation, OperationKind } from '../shared/schemas/manifest.ts';
 
@@ -16,6 +16,12 @@ const ZERO = 4;
 const NO_BLOB = 0xffffffff;
 /** One hash-slot checkpoint per this many operations: a slot is found by counting the ZERO kinds since the last one. */
 const ZERO_STRIDE = 64;
+/**
+ * Extents are held in sectors while they all fall on the 512-byte grid below
+ * 2^32 sectors (2 TiB), as an image's do: half the memory of bytes as doubles.
+ */
+const SECTOR = 512;
+const MAX_SECTORS = 0xffffffff;
 
 export interface TableCapacity {
   operations: number;
@@ -33,8 +39,10 @@ export class OperationTable {
   /** Operation i's extents are pool entries extentStart[i] … extentStart[i + 1] − 1: first its dst, then its src. */
   private readonly extentStart: Uint32Array;
   private readonly dstCount: Uint16Array;
-  /** offset, length, offset, length, …: integers ≤ 2^53, exact in a double. */
-  private readonly pool: Float64Array;
+  /** offset, length, offset, length, …: in sectors (Uint32Array) until an extent does not fit, then in bytes (Float64Array: integers ≤ 2^53 are exact). */
+  private pool: Uint32Array | Float64Array;
+  /** Bytes per unit of the pool: SECTOR, or 1 once it holds bytes. */
+  private unit = SECTOR;
   /** 32 bytes per operation that has a sha256, in operation order. */
   private readonly hashes: Buffer;
   /** ZERO operations before operation k·ZERO_STRIDE: saves a 4-byte hash index per operation. */
@@ -48,7 +56,7 @@ export class OperationTable {
     this.blobs = new Uint32Array(capacity.operations);
     this.extentStart = new Uint32Array(capacity.operations + 1);
     this.dstCount = new Uint16Array(capacity.operations);
-    this.pool = new Float64Array(2 * capacity.extents);
+    this.pool = new Uint32Array(2 * capacity.extents);
     this.hashes = Buffer.alloc(32 * capacity.hashes);
     this.zerosBefore = new Uint32Array(Math.ceil(capacity.operations / ZERO_STRIDE) + 1);
   }
@@ -87,8 +95,12 @@ export class OperationTable {
   }
 
   private pushExtent(offset: number, length: number): void {
-    this.pool[2 * this.extentCount] = offset;
-    this.pool[2 * this.extentCount + 1] = length;
+    if (this.unit === SECTOR && !(offset % SECTOR === 0 && length % SECTOR === 0 && offset / SECTOR <= MAX_SECTORS && length / SECTOR <= MAX_SECTORS)) {
+      this.pool = Float64Array.from(this.pool, (sectors) => sectors * SECTOR);
+      this.unit = 1;
+    }
+    this.pool[2 * this.extentCount] = offset / this.unit;
+    this.pool[2 * this.extentCount + 1] = length / this.unit;
     this.extentCount++;
   }
 
@@ -114,10 +126,10 @@ export class OperationTable {
     return this.extentStart[i + 1]!;
   }
   offsetAt(e: number): number {
-    return this.pool[2 * e]!;
+    return this.pool[2 * e]! * this.unit;
   }
   lengthAt(e: number): number {
-    return this.pool[2 * e + 1]!;
+    return this.pool[2 * e + 1]! * this.unit;
   }
 
   /** Bytes operation i writes: the sum of its dst lengths. */
