@@ -16,6 +16,7 @@ import type { RootTrust } from '../shared/keyring.ts';
 import { validateEnrollResponse, type DeviceEvent, type EventType } from '../shared/schemas/protocol.ts';
 import { parseVersion } from '../shared/versions.ts';
 import { loadZstdDecoder, type ZstdDecoder } from '../payloads/zstd.ts';
+import { collectAllGarbage } from '../payloads/reclaim.ts';
 import { backoffSeconds, pollSeconds, retryWaitSeconds, sleep } from './backoff.ts';
 import { createBootControl, otherSlot, type BootControl, type BootState, type Slot } from './boot-control/index.ts';
 import type { AgentConfig } from './config.ts';
@@ -365,7 +366,10 @@ export class DeviceAgent {
     await this.transition({ type: 'updateAccepted', update }, [
       this.event('downloading', { version: update.version, channel: update.channel, payloadKind: update.kind, progress: { done: 0, total: update.size } }),
     ]);
-    return this.install(update, signal, { sha256: verified.manifestSha256, view: verified.view });
+    const known = { sha256: verified.manifestSha256, view: verified.view };
+    verified = undefined;
+    collectAllGarbage();
+    return this.install(update, signal, known);
   }
 
   private async targetCapacity(): Promise<{ targetCapacity?: number }> {

@@ -15,14 +15,14 @@ import { runInNewContext } from 'node:vm';
 
 export const RECLAIM_BYTES = 1024 * 1024;
 
-type Collector = (options: { type: 'minor'; execution: 'sync' }) => void;
+type Collector = (options: { type: 'minor' | 'major'; execution: 'sync' }) => void;
 let collector: Collector | null | undefined;
 
 /**
  * V8's collector, reached without --expose-gc on the command line: the flag set
  * at run time exposes `gc` to contexts created afterwards, not to this one.
  */
-function collectYoungGarbage(): void {
+function gc(): Collector | null {
   if (collector === undefined) {
     try {
       setFlagsFromString('--expose-gc');
@@ -31,7 +31,21 @@ function collectYoungGarbage(): void {
       collector = null; // a runtime without it: the garbage waits for V8's own schedule
     }
   }
-  collector?.({ type: 'minor', execution: 'sync' });
+  return collector;
+}
+
+function collectYoungGarbage(): void {
+  gc()?.({ type: 'minor', execution: 'sync' });
+}
+
+/**
+ * A full collection, for a point where much just died at once: the agent calls
+ * it between a check and the download, when the check response and the parse
+ * of the manifest it carried (MiBs for a manifest of 0.5 M extents) are garbage
+ * and the download's buffers have not been allocated yet.
+ */
+export function collectAllGarbage(): void {
+  gc()?.({ type: 'major', execution: 'sync' });
 }
 
 // One count for the process, like the garbage it stands for: a reader and a decoder
