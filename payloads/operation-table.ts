@@ -204,11 +204,6 @@ export interface ManifestView extends ManifestHeader {
   operations: OperationTable;
 }
 
-/** The header alone, for a caller that keeps a manifest after deciding on it (an offer) and must not keep its table. */
-export function manifestHeader({ operations: _operations, ...header }: ManifestView): ManifestHeader {
-  return header;
-}
-
 /** The plain form, every operation an object again: for output (`payload inspect --operations`), not for a device. */
 export function materializeManifest(view: ManifestView): Manifest {
   return { ...view, operations: [...view.operations] };

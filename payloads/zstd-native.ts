@@ -124,20 +124,16 @@ const NATIVE_DECODER: ZstdDecoder = {
 
 let nativeDecoderProbe: boolean | undefined;
 
-/** node:zlib's zstd decoder, where the runtime has one that works as the agent needs (probed once); else undefined. */
-export function nativeZstdDecoder(): ZstdDecoder | undefined {
-  return hasNativeZstdDecoder() ? NATIVE_DECODER : undefined;
-}
-
 /**
- * node:zlib has zstd from Node 22.15 and 23.8 but dictionaries only from later
+ * node:zlib's zstd decoder where it works as the agent needs, else undefined;
+ * probed once. node:zlib has zstd from Node 22.15 and 23.8 but dictionaries only from later
  * releases, which ignore an option they do not know, and the engine's
  * synchronous write is internal. So, by behaviour rather than version: 4 KiB
  * of noise compressed with itself as the dictionary (a frame of a few bytes
  * only where dictionaries work) must decode back through the decoder above,
  * fed in two parts; and a corrupted frame must fail, not decode.
  */
-function hasNativeZstdDecoder(): boolean {
+export function nativeZstdDecoder(): ZstdDecoder | undefined {
   nativeDecoderProbe ??= (() => {
     const { zstdCompressSync, constants } = zlibZstd;
     if (!zstdCompressSync || constants.ZSTD_c_checksumFlag === undefined) return false;
@@ -165,5 +161,5 @@ function hasNativeZstdDecoder(): boolean {
       return false;
     }
   })();
-  return nativeDecoderProbe;
+  return nativeDecoderProbe ? NATIVE_DECODER : undefined;
 }

@@ -15,11 +15,10 @@ import { TandemError } from '../../shared/errors.ts';
 import { verifyKeyring, verifySignedBytes, type RootTrust, type VerifiedKeyring } from '../../shared/keyring.ts';
 import { decodeBase64Strict } from '../../shared/keys.ts';
 import type { KeyringSignature } from '../../shared/schemas/keyring.ts';
-import type { ManifestHeader } from '../../shared/schemas/manifest.ts';
 import { CHECK_RESPONSE_DOMAIN, validateCheckResponse, type CheckRequest, type CheckResponseBody, type UpdateOffer } from '../../shared/schemas/protocol.ts';
 import { MANIFEST_SIGNATURE_DOMAIN } from '../../payloads/format.ts';
 import { parseManifest, parseStoredManifest } from '../../payloads/manifest-parser.ts';
-import { manifestHeader, type ManifestView } from '../../payloads/operation-table.ts';
+import type { ManifestView } from '../../payloads/operation-table.ts';
 import { sha256Hex } from '../../payloads/payload-reader.ts';
 import { inspectFrame, type ZstdDecoder } from '../../payloads/zstd.ts';
 import { callJson } from '../http.ts';
@@ -44,10 +43,8 @@ export interface CheckInput {
 
 export interface VerifiedOffer {
   offer: UpdateOffer;
-  /** Parsed and checked whole: its header, and all of it (the payload's copy of these bytes is not parsed again). */
-  manifest: ManifestHeader;
+  /** The signed manifest, parsed and checked whole (the payload's copy of these bytes is not parsed again). */
   view: ManifestView;
-  manifestBytes: Buffer;
   manifestSha256: string;
   payloadUrl: string;
 }
@@ -186,8 +183,7 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
   const manifestBytes = decodeBase64Strict(offer.manifest);
   if (manifestBytes === undefined) throw new TandemError('ERR_OFFER_MISMATCH', 'The offered manifest is not canonical base64.');
   verifySignedBytes(manifestBytes, offer.signatures, keyring, MANIFEST_SIGNATURE_DOMAIN, now, 'release');
-  const view = parseOfferedManifest(manifestBytes, expect.decoder);
-  const manifest = manifestHeader(view);
+  const manifest = parseOfferedManifest(manifestBytes, expect.decoder);
   const mismatch = (what: string): never => {
     throw new TandemError('ERR_OFFER_MISMATCH', `The offer's ${what} disagrees with its signed manifest.`, { details: { field: what } });
   };
@@ -203,7 +199,7 @@ function verifyOffer(offer: UpdateOffer, keyring: VerifiedKeyring, expect: Respo
     return mismatch('payload url');
   }
   if (!/^https?:$/.test(new URL(payloadUrl).protocol)) mismatch('payload url');
-  return { offer, manifest, view, manifestBytes, manifestSha256: sha256Hex(manifestBytes), payloadUrl };
+  return { offer, view: manifest, manifestSha256: sha256Hex(manifestBytes), payloadUrl };
 }
 
 export interface PolicyContext {
@@ -218,5 +214,5 @@ export interface PolicyContext {
 
 /** The install policy on a verified offer, before any download. */
 export function checkOffer(verified: VerifiedOffer, ctx: PolicyContext): void {
-  checkInstallPolicy(verified.manifest, { ...ctx, allowDowngrade: verified.offer.allowDowngrade });
+  checkInstallPolicy(verified.view, { ...ctx, allowDowngrade: verified.offer.allowDowngrade });
 }
